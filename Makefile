@@ -1,0 +1,37 @@
+# Two commands for a newcomer: `make run` (set up and start the app) and `make test` (set up and test).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8501
+DEMO_MODELS ?= demo-models
+
+.PHONY: run test install dev demo-models bench server clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+dev: $(VENV)/.installed-dev
+
+run: install
+	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT)
+
+test: dev
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+demo-models: install
+	HF_HUB_OFFLINE=1 $(PY) -m inference.demo_models $(DEMO_MODELS)
+
+bench: dev
+	HF_HUB_OFFLINE=1 $(PY) bench/local_overhead.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_MODELS) .pytest_cache

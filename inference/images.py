@@ -1,0 +1,164 @@
+"""Image inputs: every accepted kind (path, bytes, file object, PIL image, numpy array) to an RGB PIL image.
+
+The checks happen here, once, for the local backend, the remote client and the server alike.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InvalidInput
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["ImageInput", "encode_image", "load_image"]
+
+ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, io.IOBase, Image.Image, "np.ndarray"]
+
+#: Formats we decode. The wire protocol allows JPEG, PNG and WebP; local callers also get BMP, GIF and TIFF.
+_ORIENTATION = 0x0112  # the EXIF tag
+_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+
+def load_image(source: Any, *, max_pixels: int = 40_000_000) -> Image.Image:
+    """Decode ``source`` into an RGB ``PIL.Image`` with its EXIF orientation applied.
+
+    Args:
+        source: a file path, encoded bytes, a binary file object (e.g. a Streamlit upload),
+            a ``PIL.Image`` or an RGB / grayscale ``numpy`` array of shape (H, W[, 3|4]).
+        max_pixels: images with more pixels than this are refused before they are decoded.
+
+    Raises:
+        InvalidInput: the file is missing, the bytes are not an image, the image is truncated,
+            too large, or the array has the wrong shape or type.
+    """
+    if isinstance(source, Image.Image):
+        _check_size(source.size, max_pixels)
+        return _to_rgb(source)
+    if _is_array(source):
+        return _from_array(source, max_pixels)
+    if isinstance(source, (str, os.PathLike)):
+        data = _read_path(source)
+        origin = f"file {os.fspath(source)!r}"
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data, origin = bytes(source), "the image data"
+    elif hasattr(source, "read"):
+        data = source.getvalue() if hasattr(source, "getvalue") else source.read()
+        origin = f"upload {getattr(source, 'name', '')!r}".replace(" ''", "")
+    else:
+        raise InvalidInput(
+            f"cannot use a {type(source).__name__} as an image: pass a file path, bytes, "
+            "a PIL.Image or a numpy RGB array"
+        )
+    return _decode(data, origin, max_pixels)
+
+
+def encode_image(image: Image.Image, *, max_edge: int | None = None, quality: int = 90) -> tuple[bytes, str, float]:
+    """Encode ``image`` for upload, downscaled so its long edge is at most ``max_edge``.
+
+    Returns:
+        (data, content_type, scale) where ``scale`` = original size / sent size (1.0 when not resized),
+        so that pixel coordinates in the answer can be mapped back with ``x * scale``.
+    """
+    scale = 1.0
+    if max_edge and max(image.size) > max_edge:
+        scale = max(image.size) / max_edge
+        size = (max(1, round(image.width / scale)), max(1, round(image.height / scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue(), "image/jpeg", scale
+
+
+def _read_path(source: str | os.PathLike) -> bytes:
+    path = Path(source).expanduser()
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidInput(f"image file {os.fspath(source)!r} does not exist: check the path") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{os.fspath(source)!r} is a directory, not an image file") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read image file {os.fspath(source)!r}: {exc.strerror or exc}") from None
+
+
+def _decode(data: bytes, origin: str, max_pixels: int) -> Image.Image:
+    if not data:
+        raise InvalidInput(f"{origin} is empty: upload or pass a JPEG, PNG or WebP image")
+    try:
+        # Image.open reads only the header, so the size check below runs before any pixel is decoded.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=_FORMATS)
+            _check_size(image.size, max_pixels)
+            image.load()
+    except InvalidInput:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidInput(
+            f"{origin} is too large to decode safely (over {max_pixels:,} pixels): resize it first"
+        ) from None
+    except UnidentifiedImageError:
+        raise InvalidInput(f"{origin} is not an image Pillow can read: use JPEG, PNG or WebP") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        # Pillow raises OSError("image file is truncated ...") for cut-off files, SyntaxError for broken headers.
+        raise InvalidInput(f"{origin} is damaged or truncated and cannot be decoded ({exc})") from None
+    return _to_rgb(image)
+
+
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise InvalidInput(f"the image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise InvalidInput(
+            f"the image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}: "
+            "resize it first (or raise INFERENCE_MAX_IMAGE_PIXELS)"
+        )
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    # NOTE: phone photos store rotation in EXIF; boxes must match the picture as people see it.
+    # Checking the tag first avoids exif_transpose's full copy of every image that needs no turn.
+    if image.getexif().get(_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _is_array(source: Any) -> bool:
+    return type(source).__module__ == "numpy" and type(source).__name__ == "ndarray"
+
+
+def _from_array(array: Any, max_pixels: int) -> Image.Image:
+    import numpy as np
+
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise InvalidInput(
+            f"a numpy image must have shape (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, got {array.shape}"
+        )
+    _check_size((array.shape[1], array.shape[0]), max_pixels)
+    if array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.floating) and array.size and 0.0 <= array.min() and array.max() <= 1.0:
+            array = (array * 255).round()
+        elif not np.issubdtype(array.dtype, np.number) or array.size and (array.min() < 0 or array.max() > 255):
+            raise InvalidInput(
+                f"a numpy image must hold uint8 values 0-255 or floats 0-1, got {array.dtype} "
+                f"in [{array.min()}, {array.max()}]"
+            )
+        array = array.astype(np.uint8)
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(array)))

@@ -1,0 +1,230 @@
+"""``load_model`` and the ``Model`` handle it returns: one callable per model, whatever the backend."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import InvalidInput, RemoteNotConfigured
+from .images import load_image
+from .settings import Settings
+from .tasks import TaskSpec, get_task, validate_parameters
+from .types import DetectionResult, ModelInfo, Result, TextResult, TextStream, Timings
+
+__all__ = ["Model", "Request", "load_model"]
+
+Backend = Literal["auto", "local", "remote"]
+_BACKENDS = ("auto", "local", "remote")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One validated call: what the backends receive."""
+
+    spec: TaskSpec
+    prompt: str | None
+    image: Any  # PIL.Image.Image | None
+    parameters: Any  # the task's pydantic parameters model
+
+
+def load_model(
+    model_id: str,
+    task: str,
+    backend: Backend = "auto",
+    *,
+    settings: Settings | None = None,
+    engine: Any = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> Model:
+    """Get a callable model for ``task``, running locally or on the remote endpoint.
+
+    Args:
+        model_id: a Hugging Face model id (``"hustvl/yolos-tiny"``) or a local directory.
+        task: ``"text-generation"``, ``"image-to-text"``, ``"image-text-to-text"`` or ``"object-detection"``.
+        backend: ``"local"``, ``"remote"`` or ``"auto"`` (local when remote inference is disabled).
+        settings: configuration; default: the environment (see ``Settings``).
+        engine: the engine whose model cache to use; default: the process-wide one.
+        device, dtype: override ``settings.device`` / ``settings.dtype`` for a local model.
+
+    Returns:
+        A ``Model``: call it for a result, ``.stream()`` it for text pieces.
+
+    Raises:
+        UnsupportedTask: unknown task. ModelLoadError: the model cannot be loaded locally.
+        RemoteNotConfigured: backend="remote" without REMOTE_INFERENCE_ENABLED and an endpoint.
+
+    Example:
+        >>> det = load_model("hustvl/yolos-tiny", task="object-detection", backend="local")
+        >>> det("street.jpg", threshold=0.5).detections
+    """
+    from .engine import get_engine
+
+    spec = get_task(task)
+    if backend not in _BACKENDS:
+        raise InvalidInput(f"backend {backend!r} is not one of {', '.join(_BACKENDS)}")
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise InvalidInput("model_id is empty: pass a Hugging Face model id such as 'hustvl/yolos-tiny' or a directory")
+    engine = engine or get_engine()
+    settings = settings or engine.settings
+    return Model(model_id.strip(), spec, backend, settings=settings, engine=engine, device=device, dtype=dtype)
+
+
+class Model:
+    """A model ready to be called. Create it with ``load_model``."""
+
+    def __init__(self, model_id: str, spec: TaskSpec, backend: Backend, *, settings: Settings, engine: Any,
+                 device: str | None = None, dtype: str | None = None) -> None:
+        self.model_id = model_id
+        self.spec = spec
+        self.settings = settings
+        self._engine = engine
+        self._backend, self.backend_reason = self._select_backend(backend, device, dtype)
+        self._pending_load_ms: float | None = None
+        if self._backend.name == "local":
+            # Load now, so a bad model id fails here and not on the first call.
+            _, self._pending_load_ms = self._backend.load()
+        self._info: ModelInfo | None = None
+
+    def _select_backend(self, backend: Backend, device: str | None, dtype: str | None):
+        from .local import LocalBackend
+
+        if backend == "remote" and not self.settings.remote_configured:
+            missing = []
+            if not self.settings.remote_enabled:
+                missing.append("REMOTE_INFERENCE_ENABLED=true")
+            if not self.settings.remote_endpoints:
+                missing.append("REMOTE_INFERENCE_ENDPOINT=<url of the /inference endpoint>")
+            raise RemoteNotConfigured(
+                "the remote backend is not configured: set " + " and ".join(missing)
+                + " (and REMOTE_INFERENCE_TOKEN if the endpoint needs one), in the environment or in "
+                ".streamlit/secrets.toml"
+            )
+        if backend == "remote":
+            raise RemoteNotConfigured("the remote backend is not available in this version")
+        reason = None
+        if backend == "auto":
+            reason = "remote inference is disabled (REMOTE_INFERENCE_ENABLED is not true)"
+        return LocalBackend(self._engine, self.model_id, self.spec, device, dtype), reason
+
+    # ------------------------------------------------------------------ calling
+
+    @property
+    def task(self) -> str:
+        return self.spec.name
+
+    @property
+    def backend(self) -> str:
+        """Where this model runs: ``"local"`` or ``"remote"``."""
+        return self._backend.name
+
+    @property
+    def info(self) -> ModelInfo:
+        """What the model is and where it runs."""
+        if self._info is None or self._backend.name == "local":
+            facts = self._backend.info()
+            self._info = ModelInfo(
+                model_id=self.model_id, task=self.spec.name, backend=self._backend.name,
+                load_ms=self._info.load_ms if self._info else self._pending_load_ms,
+                backend_reason=self.backend_reason, **facts,
+            )
+        return self._info
+
+    def __call__(self, inputs: Any = None, /, *, prompt: str | None = None, **parameters: Any) -> Result:
+        """Run the model once.
+
+        Args:
+            inputs: the prompt for text-generation; the image (path, PIL.Image, numpy RGB array or bytes)
+                for image tasks.
+            prompt: the question for image-to-text / image-text-to-text (optional there).
+            parameters: task parameters, e.g. ``max_new_tokens=32`` or ``threshold=0.5``.
+
+        Returns:
+            ``TextResult`` for text outputs, ``DetectionResult`` for object detection.
+
+        Raises:
+            InvalidInput: a bad image, prompt or parameter; the message says which and why.
+        """
+        request = self._request(inputs, prompt, parameters)
+        output, fields = self._backend.run(request)
+        return self._result(output, fields)
+
+    def stream(self, inputs: Any = None, /, *, prompt: str | None = None, **parameters: Any) -> TextStream:
+        """Generate text piece by piece; ``stream.result`` holds the full result with TTFT once done.
+
+        Example:
+            >>> for piece in gen.stream("Tell me a joke", max_new_tokens=40):
+            ...     print(piece, end="")
+        """
+        if self.spec.output != "text":
+            raise InvalidInput(f"{self.spec.name} has no text to stream: call the model instead")
+        request = self._request(inputs, prompt, parameters)
+        pieces, handle, load_ms = self._backend.stream(request)
+        first: list[float] = []
+
+        def timed() -> Any:
+            for piece in pieces:
+                if not first:
+                    first.append(time.perf_counter())
+                yield piece
+
+        def finish(text: str) -> TextResult:
+            total_ms = (time.perf_counter() - handle.started_at) * 1000
+            details = dict(getattr(handle, "details", {}) or {})
+            fields = {"total_ms": total_ms, "load_ms": load_ms, "details": details,
+                      "ttft_ms": (first[0] - handle.started_at) * 1000 if first else None,
+                      **getattr(handle, "fields", {})}
+            tokens = details.get("generated_tokens")
+            if tokens is not None:
+                fields["tokens"] = tokens
+                fields["tokens_per_s"] = round(tokens / (total_ms / 1000), 2) if total_ms > 0 else None
+            return self._result(text, fields)
+
+        return TextStream(timed(), finish, handle.cancel)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _request(self, inputs: Any, prompt: str | None, parameters: dict[str, Any]) -> Request:
+        spec = self.spec
+        params = validate_parameters(spec, parameters)
+        image = None
+        if spec.image == "required":
+            if inputs is None:
+                raise InvalidInput(f"{spec.name} needs an image: pass a path, PIL.Image, numpy RGB array or bytes")
+            image = load_image(inputs, max_pixels=self.settings.max_image_pixels)
+        elif inputs is not None:
+            if prompt is not None:
+                raise InvalidInput("pass the prompt once: either as the first argument or as prompt=")
+            prompt = inputs
+        if spec.prompt == "none":
+            if prompt is not None:
+                raise InvalidInput(f"{spec.name} takes no prompt: leave it out")
+        elif prompt is not None or spec.prompt == "required":
+            if not isinstance(prompt, str):
+                raise InvalidInput(f"the prompt must be text, got {type(prompt).__name__}")
+            if not prompt.strip():
+                if spec.prompt == "required":
+                    raise InvalidInput(f"the prompt is empty: {spec.name} needs some text to start from")
+                prompt = None  # an empty optional prompt means "no prompt" (plain captioning)
+        return Request(spec=spec, prompt=prompt, image=image, parameters=params)
+
+    def _result(self, output: Any, fields: dict[str, Any]) -> Result:
+        timing_names = Timings.__dataclass_fields__
+        timings = {key: fields.pop(key) for key in list(fields) if key in timing_names}
+        if timings.get("load_ms") is None and self._pending_load_ms is not None:
+            timings["load_ms"] = self._pending_load_ms
+        self._pending_load_ms = None  # reported once
+        common = dict(model_id=self.model_id, task=self.spec.name, source=self._backend.name,
+                      backend_reason=self.backend_reason, timings=Timings(**timings), **fields)
+        if self.spec.output == "detections":
+            return DetectionResult(detections=output, **common)
+        return TextResult(text=output, **common)
+
+    def unload(self) -> None:
+        """Free this model's memory in the engine (it loads again on the next call)."""
+        if self._backend.name == "local":
+            self._engine.unload(self.model_id)
+
+    def __repr__(self) -> str:
+        return f"<Model {self.model_id!r} task={self.spec.name!r} backend={self._backend.name!r}>"

@@ -1,0 +1,135 @@
+"""The task registry: what each task takes, which parameters it accepts, and how its model is run.
+
+Adding a task is adding a ``TaskSpec`` here and, for the local backend, a runner for its ``family``
+in ``local.py``. Nothing in this module imports torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InvalidInput, UnsupportedTask
+
+__all__ = [
+    "TASKS",
+    "DetectionParameters",
+    "GenerationParameters",
+    "ImageTextParameters",
+    "TaskSpec",
+    "get_task",
+    "validate_parameters",
+]
+
+#: Longest generation we accept; beyond this a request is almost certainly a typo.
+MAX_NEW_TOKENS = 4096
+
+
+class _Parameters(BaseModel):
+    # NOTE: extra="forbid" turns a typo such as max_tokens into an error instead of a silent default.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class GenerationParameters(_Parameters):
+    """Parameters of text generation (also the base of image-to-text)."""
+
+    max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS, description="how many tokens to generate at most")
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy decoding, above 0 = sampling")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass, used when temperature > 0")
+    top_k: int | None = Field(None, ge=0, description="sample from the k most likely tokens, with temperature > 0")
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0, description="above 1 discourages repeats")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="fixes sampling for reproducible output")
+    use_chat_template: bool | None = Field(
+        None, description="wrap the prompt in the model's chat template; default: when the model has one"
+    )
+
+
+class ImageTextParameters(GenerationParameters):
+    """Parameters of image-to-text and image-text-to-text."""
+
+    max_new_tokens: int = Field(40, ge=1, le=MAX_NEW_TOKENS, description="how many tokens to generate at most")
+
+
+class DetectionParameters(_Parameters):
+    """Parameters of object detection."""
+
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="minimum confidence, between 0 and 1")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task is, independent of where it runs."""
+
+    name: str
+    #: Tasks of one family share a loaded model (captioning and prompted captioning use the same weights).
+    family: Literal["causal-lm", "image-text", "object-detection"]
+    parameters: type[_Parameters]
+    image: Literal["required", "none"]
+    prompt: Literal["required", "optional", "none"]
+    output: Literal["text", "detections"]
+    description: str
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec("text-generation", "causal-lm", GenerationParameters, image="none", prompt="required",
+                 output="text", description="continue or answer a text prompt"),
+        TaskSpec("image-to-text", "image-text", ImageTextParameters, image="required", prompt="optional",
+                 output="text", description="caption an image; with a prompt, answer it about the image"),
+        TaskSpec("image-text-to-text", "image-text", ImageTextParameters, image="required", prompt="optional",
+                 output="text", description="answer a prompt about an image (vision-language chat models)"),
+        TaskSpec("object-detection", "object-detection", DetectionParameters, image="required", prompt="none",
+                 output="detections", description="find objects with boxes, labels and confidences"),
+    )
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The spec of task ``name``.
+
+    Raises:
+        UnsupportedTask: the name is not a known task; the message lists the known ones.
+    """
+    try:
+        return TASKS[name]
+    except (KeyError, TypeError):
+        hint = difflib.get_close_matches(str(name), TASKS, n=1)
+        did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise UnsupportedTask(
+            f"unsupported task {name!r}.{did_you_mean} Supported tasks: {', '.join(sorted(TASKS))}"
+        ) from None
+
+
+def validate_parameters(task: str | TaskSpec, parameters: dict[str, Any] | None) -> _Parameters:
+    """Check ``parameters`` for ``task`` and fill in defaults.
+
+    Raises:
+        InvalidInput: an unknown parameter or a value out of range, with the valid range in the message.
+    """
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    try:
+        return spec.parameters.model_validate(parameters or {})
+    except ValidationError as exc:
+        raise InvalidInput(_describe(spec, exc)) from None
+
+
+def _describe(spec: TaskSpec, exc: ValidationError) -> str:
+    known = spec.parameters.model_fields
+    problems = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]) or "parameters"
+        if error["type"] == "extra_forbidden":
+            hint = difflib.get_close_matches(name, known, n=1)
+            did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+            problems.append(
+                f"unknown parameter {name!r}{did_you_mean}; {spec.name} accepts {', '.join(known)}"
+            )
+            continue
+        field = known.get(name)
+        what = f" ({field.description})" if field is not None and field.description else ""
+        problems.append(f"{name}={error.get('input')!r}: {error['msg'].lower()}{what}")
+    return "invalid parameters for " + spec.name + ": " + "; ".join(problems)
