@@ -145,8 +145,8 @@ class Engine:
         with self._lock:
             keys = [key for key in self._models if model_id is None or key[0] == model_id]
             entries = [self._models.pop(key) for key in keys]
-        self._release(entries)
-        return len(entries)
+        self._release(entries)  # empties the list: count before
+        return len(keys)
 
     def _release(self, entries: list[_Entry]) -> None:
         if not entries:

@@ -1,0 +1,75 @@
+"""Configuration from the environment or a secrets mapping, validated, and never showing a token."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference import InvalidInput, Settings
+from inference.settings import parse_bytes
+
+TOKEN = "sk-test-7f3a9c1e5d"
+
+
+def test_defaults(monkeypatch):
+    settings = Settings()
+    assert settings.remote_enabled is False
+    assert settings.remote_endpoints == ()
+    assert settings.remote_timeout == 120
+    assert settings.remote_configured is False
+    assert settings.device == "auto" and settings.dtype == "auto"
+
+
+def test_environment_is_read(monkeypatch):
+    monkeypatch.setenv("REMOTE_INFERENCE_ENABLED", "TRUE")
+    monkeypatch.setenv("REMOTE_INFERENCE_ENDPOINT", "http://a:8000/inference, http://b:8000/inference")
+    monkeypatch.setenv("REMOTE_INFERENCE_TOKEN", TOKEN)
+    monkeypatch.setenv("REMOTE_INFERENCE_TIMEOUT", "7.5")
+    monkeypatch.setenv("INFERENCE_MAX_MODEL_MEMORY", "512MB")
+    settings = Settings()
+    assert settings.remote_configured
+    assert settings.remote_endpoints == ("http://a:8000/inference", "http://b:8000/inference")
+    assert settings.remote_token == TOKEN
+    assert settings.remote_timeout == 7.5
+    assert settings.max_model_memory == 512_000_000
+
+
+def test_mapping_wins_over_environment(monkeypatch):
+    monkeypatch.setenv("REMOTE_INFERENCE_TIMEOUT", "30")
+    settings = Settings.from_mapping({"REMOTE_INFERENCE_TIMEOUT": 5, "REMOTE_INFERENCE_ENABLED": True})
+    assert settings.remote_timeout == 5 and settings.remote_enabled is True
+    assert Settings.from_mapping({}, remote_timeout=9).remote_timeout == 9
+
+
+def test_token_never_in_repr_or_public_dict(monkeypatch):
+    settings = Settings(remote_token=TOKEN, server_tokens=(TOKEN,))
+    assert TOKEN not in repr(settings)
+    assert TOKEN not in str(settings.public_dict())
+    assert settings.public_dict()["remote_token_set"] is True
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("REMOTE_INFERENCE_ENABLED", "maybe", "not a boolean"),  # not a boolean
+        ("REMOTE_INFERENCE_TIMEOUT", "0", "greater than 0"),  # zero deadline
+        ("REMOTE_INFERENCE_TIMEOUT", "soon", "not a number"),  # not a number
+        ("REMOTE_INFERENCE_ENDPOINT", "gpu-box:8000", "not an http(s) URL"),  # no scheme
+        ("REMOTE_INFERENCE_ENDPOINT", f"https://user:{TOKEN}@gpu/inference", "must not carry credentials"),  # creds
+        ("INFERENCE_MAX_MODEL_MEMORY", "lots", "cannot read"),  # not a size
+        ("INFERENCE_DEVICE", "tpu", "not one of"),  # unknown device
+    ],
+)
+def test_bad_configuration_is_explained(monkeypatch, variable, value, message):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(InvalidInput) as caught:
+        Settings()
+    assert message in str(caught.value)
+    assert TOKEN not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1024", 1024), ("1.5GiB", 1610612736), ("8 GB", 8 * 10**9), ("512mib", 512 * 2**20)],
+)
+def test_parse_bytes(text, expected):
+    assert parse_bytes(text) == expected
