@@ -54,8 +54,11 @@ class LoadedModel:
 
 def resolve_device(device: str = "auto") -> str:
     """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"mps"`` on Apple silicon, else ``"cpu"``."""
-    if device != "auto":
-        return device
+    return device if device != "auto" else _auto_device()
+
+
+@functools.cache
+def _auto_device() -> str:
     import torch
 
     if torch.cuda.is_available():
@@ -351,6 +354,8 @@ def _check_context(loaded: LoadedModel, prompt_tokens: int, params: GenerationPa
 
 
 def _device_inputs(loaded: LoadedModel, inputs):
+    if loaded.device == "cpu" and loaded.dtype == "float32":
+        return inputs  # processors already return float32 CPU tensors: moving them would only copy
     import torch
     from transformers import BatchFeature
 
@@ -456,13 +461,15 @@ class ObjectDetectionRunner:
         found = processor.post_process_object_detection(
             outputs, threshold=params.threshold, target_sizes=[(image.height, image.width)]
         )[0]
-        found = {key: value.float().cpu() if value.is_floating_point() else value.cpu() for key, value in found.items()}
-        detections = sv.Detections.from_transformers(found, id2label=loaded.model.config.id2label)
-        # DETR-style heads may place a box edge outside the picture; the protocol speaks of image pixels.
-        detections.xyxy = sv.clip_boxes(detections.xyxy, (image.width, image.height))
-        if len(detections):
-            detections = detections[detections.confidence.argsort()[::-1]]
-        return detections
+        # Best first, and clipped: DETR-style heads may place a box edge outside the picture, while the
+        # protocol speaks of image pixels. Done on the small tensors, before the conversion.
+        order = found["scores"].argsort(descending=True)
+        boxes = found["boxes"][order].float()
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image.width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image.height)
+        found = {"scores": found["scores"][order].float().cpu(), "labels": found["labels"][order].cpu(),
+                 "boxes": boxes.cpu()}
+        return sv.Detections.from_transformers(found, id2label=loaded.model.config.id2label)
 
 
 #: Task family → runner. Every family in tasks.TASKS has one.
