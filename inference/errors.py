@@ -27,6 +27,11 @@ class InferenceError(Exception):
     #: A stable machine-readable code, used as ``error.code`` on the wire.
     code = "inference_error"
 
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code  # a finer cause, e.g. "image_too_large" for an InvalidInput
+
 
 class InvalidInput(InferenceError, ValueError):
     """The caller passed something unusable: a bad image, prompt or parameter."""

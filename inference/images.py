@@ -91,7 +91,7 @@ def _read_path(source: str | os.PathLike) -> bytes:
 
 def _decode(data: bytes, origin: str, max_pixels: int) -> Image.Image:
     if not data:
-        raise InvalidInput(f"{origin} is empty: upload or pass a JPEG, PNG or WebP image")
+        raise InvalidInput(f"{origin} is empty: upload or pass a JPEG, PNG or WebP image", code="unsupported_media_type")
     try:
         # Image.open reads only the header, so the size check below runs before any pixel is decoded.
         with warnings.catch_warnings():
@@ -103,13 +103,16 @@ def _decode(data: bytes, origin: str, max_pixels: int) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidInput(
-            f"{origin} is too large to decode safely (over {max_pixels:,} pixels): resize it first"
+            f"{origin} is too large to decode safely (over {max_pixels:,} pixels): resize it first",
+            code="image_too_large",
         ) from None
     except UnidentifiedImageError:
-        raise InvalidInput(f"{origin} is not an image Pillow can read: use JPEG, PNG or WebP") from None
+        raise InvalidInput(f"{origin} is not an image Pillow can read: use JPEG, PNG or WebP",
+                           code="unsupported_media_type") from None
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow raises OSError("image file is truncated ...") for cut-off files, SyntaxError for broken headers.
-        raise InvalidInput(f"{origin} is damaged or truncated and cannot be decoded ({exc})") from None
+        raise InvalidInput(f"{origin} is damaged or truncated and cannot be decoded ({exc})",
+                           code="unsupported_media_type") from None
     return _to_rgb(image)
 
 
@@ -120,7 +123,8 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
     if width * height > max_pixels:
         raise InvalidInput(
             f"the image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}: "
-            "resize it first (or raise INFERENCE_MAX_IMAGE_PIXELS)"
+            "resize it first (or raise INFERENCE_MAX_IMAGE_PIXELS)",
+            code="image_too_large",
         )
 
 

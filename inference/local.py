@@ -121,7 +121,24 @@ def _load(source: str, spec: TaskSpec, auto_model: str, device: str, dtype: str,
     )
 
 
-def _load_config(source: str, spec: TaskSpec) -> tuple[Any, str]:
+def tasks_of(source: str) -> tuple[str, ...]:
+    """The tasks ``source`` can do, read from its config alone (no weights are loaded).
+
+    Raises:
+        ModelLoadError: the config cannot be found or read.
+    """
+    import transformers
+
+    from .tasks import TASKS
+
+    config, _ = _load_config(source, None)
+    return tuple(
+        name for name, spec in TASKS.items()
+        if type(config) in getattr(transformers, RUNNERS[spec.family].auto_model)._model_mapping
+    )
+
+
+def _load_config(source: str, spec: TaskSpec | None) -> tuple[Any, str]:
     """The config of ``source`` and where it was found (a directory or a hub id)."""
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -168,7 +185,8 @@ def _load_config(source: str, spec: TaskSpec) -> tuple[Any, str]:
                 f"model {source!r} not found: it is neither a local directory nor a valid Hugging Face model id "
                 "(like 'org/name')"
             ) from exc
-        raise ModelLoadError(f"model {source!r} could not be loaded for {spec.name}: {_first_line(exc)}") from exc
+        purpose = f" for {spec.name}" if spec else ""
+        raise ModelLoadError(f"model {source!r} could not be loaded{purpose}: {_first_line(exc)}") from exc
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -509,7 +527,7 @@ class LocalBackend:
                 generation = RUNNERS[self.spec.family].prepare(loaded, request.prompt, request.image, request.parameters)
                 output, details = generation.run()
                 fields = {"details": details}
-                timings = {"tokens": details["generated_tokens"]}
+                timings = {}
         except InferenceError:
             raise
         except Exception as exc:
@@ -518,8 +536,6 @@ class LocalBackend:
                 raise
             raise mapped from exc
         total_ms = (time.perf_counter() - started) * 1000
-        if "tokens" in timings:
-            timings["tokens_per_s"] = round(timings["tokens"] / (total_ms / 1000), 2) if total_ms > 0 else None
         return output, {"total_ms": total_ms, "load_ms": load_ms, **timings, **fields}
 
     def stream(self, request) -> tuple[Iterator[str], Any, float | None]:

@@ -12,7 +12,7 @@ from .settings import Settings
 from .tasks import TaskSpec, get_task, validate_parameters
 from .types import DetectionResult, ModelInfo, Result, TextResult, TextStream, Timings
 
-__all__ = ["Model", "Request", "load_model"]
+__all__ = ["Model", "Request", "load_model", "make_request"]
 
 Backend = Literal["auto", "local", "remote"]
 _BACKENDS = ("auto", "local", "remote")
@@ -28,6 +28,38 @@ class Request:
     parameters: Any  # the task's pydantic parameters model
 
 
+def make_request(spec: TaskSpec, inputs: Any, prompt: str | None, parameters: dict[str, Any] | None, *,
+                 max_pixels: int) -> Request:
+    """Validate one call's inputs for ``spec``: the same checks for the Python API and the server.
+
+    ``inputs`` is the prompt for text-generation and the image for image tasks.
+
+    Raises:
+        InvalidInput: what is wrong and how to fix it.
+    """
+    params = validate_parameters(spec, parameters)
+    image = None
+    if spec.image == "required":
+        if inputs is None:
+            raise InvalidInput(f"{spec.name} needs an image: pass a path, PIL.Image, numpy RGB array or bytes")
+        image = load_image(inputs, max_pixels=max_pixels)
+    elif inputs is not None:
+        if prompt is not None:
+            raise InvalidInput("pass the prompt once: either as the first argument or as prompt=")
+        prompt = inputs
+    if spec.prompt == "none":
+        if prompt is not None:
+            raise InvalidInput(f"{spec.name} takes no prompt: leave it out")
+    elif prompt is not None or spec.prompt == "required":
+        if not isinstance(prompt, str):
+            raise InvalidInput(f"the prompt must be text, got {type(prompt).__name__}")
+        if not prompt.strip():
+            if spec.prompt == "required":
+                raise InvalidInput(f"the prompt is empty: {spec.name} needs some text to start from")
+            prompt = None  # an empty optional prompt means "no prompt" (plain captioning)
+    return Request(spec=spec, prompt=prompt, image=image, parameters=params)
+
+
 def load_model(
     model_id: str,
     task: str,
@@ -37,6 +69,7 @@ def load_model(
     engine: Any = None,
     device: str | None = None,
     dtype: str | None = None,
+    use_remote: bool = False,
 ) -> Model:
     """Get a callable model for ``task``, running locally or on the remote endpoint.
 
@@ -47,6 +80,7 @@ def load_model(
         settings: configuration; default: the environment (see ``Settings``).
         engine: the engine whose model cache to use; default: the process-wide one.
         device, dtype: override ``settings.device`` / ``settings.dtype`` for a local model.
+        use_remote: ask the remote endpoint to forward the request to *its* remote (gateway mode).
 
     Returns:
         A ``Model``: call it for a result, ``.stream()`` it for text pieces.
@@ -54,6 +88,10 @@ def load_model(
     Raises:
         UnsupportedTask: unknown task. ModelLoadError: the model cannot be loaded locally.
         RemoteNotConfigured: backend="remote" without REMOTE_INFERENCE_ENABLED and an endpoint.
+
+    Backend selection (DESIGN.md): "local" runs here; "remote" needs remote inference enabled and an
+    endpoint; "auto" runs here when remote is off, else here if the model loads, else remotely, and
+    records why on ``Model.backend_reason`` and every result.
 
     Example:
         >>> det = load_model("hustvl/yolos-tiny", task="object-detection", backend="local")
@@ -68,45 +106,54 @@ def load_model(
         raise InvalidInput("model_id is empty: pass a Hugging Face model id such as 'hustvl/yolos-tiny' or a directory")
     engine = engine or get_engine()
     settings = settings or engine.settings
-    return Model(model_id.strip(), spec, backend, settings=settings, engine=engine, device=device, dtype=dtype)
+    return Model(model_id.strip(), spec, backend, settings=settings, engine=engine, device=device, dtype=dtype,
+                 use_remote=use_remote)
 
 
 class Model:
     """A model ready to be called. Create it with ``load_model``."""
 
     def __init__(self, model_id: str, spec: TaskSpec, backend: Backend, *, settings: Settings, engine: Any,
-                 device: str | None = None, dtype: str | None = None) -> None:
+                 device: str | None = None, dtype: str | None = None, use_remote: bool = False) -> None:
         self.model_id = model_id
         self.spec = spec
         self.settings = settings
         self._engine = engine
-        self._backend, self.backend_reason = self._select_backend(backend, device, dtype)
         self._pending_load_ms: float | None = None
-        if self._backend.name == "local":
+        self._backend, self.backend_reason = self._select_backend(backend, device, dtype, use_remote)
+        if self._backend.name == "local" and self._pending_load_ms is None:
             # Load now, so a bad model id fails here and not on the first call.
             _, self._pending_load_ms = self._backend.load()
         self._info: ModelInfo | None = None
 
-    def _select_backend(self, backend: Backend, device: str | None, dtype: str | None):
+    def _select_backend(self, backend: Backend, device: str | None, dtype: str | None, use_remote: bool):
+        """The backend-selection table of DESIGN.md; returns (backend, reason)."""
+        from .errors import ModelLoadError
         from .local import LocalBackend
 
-        if backend == "remote" and not self.settings.remote_configured:
-            missing = []
-            if not self.settings.remote_enabled:
-                missing.append("REMOTE_INFERENCE_ENABLED=true")
-            if not self.settings.remote_endpoints:
-                missing.append("REMOTE_INFERENCE_ENDPOINT=<url of the /inference endpoint>")
-            raise RemoteNotConfigured(
-                "the remote backend is not configured: set " + " and ".join(missing)
-                + " (and REMOTE_INFERENCE_TOKEN if the endpoint needs one), in the environment or in "
-                ".streamlit/secrets.toml"
-            )
+        settings = self.settings
+        local = LocalBackend(self._engine, self.model_id, self.spec, device, dtype)
+        if backend == "local":
+            return local, None
         if backend == "remote":
-            raise RemoteNotConfigured("the remote backend is not available in this version")
-        reason = None
-        if backend == "auto":
-            reason = "remote inference is disabled (REMOTE_INFERENCE_ENABLED is not true)"
-        return LocalBackend(self._engine, self.model_id, self.spec, device, dtype), reason
+            if not settings.remote_configured:
+                raise RemoteNotConfigured(_not_configured(settings))
+            return self._remote(use_remote), None
+        # auto
+        if not settings.remote_configured:
+            why = "remote inference is disabled" if not settings.remote_enabled else "no remote endpoint is set"
+            return local, f"ran locally: {why}"
+        try:
+            _, self._pending_load_ms = local.load()
+        except ModelLoadError as exc:
+            return self._remote(use_remote), f"ran remotely: the model cannot run here ({exc})"
+        return local, "ran locally: the model loads on this machine"
+
+    def _remote(self, use_remote: bool):
+        from .remote import RemoteBackend
+
+        return RemoteBackend(self._engine.remote_client(self.settings), self.model_id, self.spec,
+                             use_remote=use_remote)
 
     # ------------------------------------------------------------------ calling
 
@@ -159,7 +206,10 @@ class Model:
         """
         if self.spec.output != "text":
             raise InvalidInput(f"{self.spec.name} has no text to stream: call the model instead")
-        request = self._request(inputs, prompt, parameters)
+        return self.run_stream(self._request(inputs, prompt, parameters))
+
+    def run_stream(self, request: Request) -> TextStream:
+        """Stream an already validated ``Request`` (what the reference server does)."""
         pieces, handle, load_ms = self._backend.stream(request)
         first: list[float] = []
 
@@ -175,10 +225,6 @@ class Model:
             fields = {"total_ms": total_ms, "load_ms": load_ms, "details": details,
                       "ttft_ms": (first[0] - handle.started_at) * 1000 if first else None,
                       **getattr(handle, "fields", {})}
-            tokens = details.get("generated_tokens")
-            if tokens is not None:
-                fields["tokens"] = tokens
-                fields["tokens_per_s"] = round(tokens / (total_ms / 1000), 2) if total_ms > 0 else None
             return self._result(text, fields)
 
         return TextStream(timed(), finish, handle.cancel)
@@ -186,32 +232,21 @@ class Model:
     # ------------------------------------------------------------------ helpers
 
     def _request(self, inputs: Any, prompt: str | None, parameters: dict[str, Any]) -> Request:
-        spec = self.spec
-        params = validate_parameters(spec, parameters)
-        image = None
-        if spec.image == "required":
-            if inputs is None:
-                raise InvalidInput(f"{spec.name} needs an image: pass a path, PIL.Image, numpy RGB array or bytes")
-            image = load_image(inputs, max_pixels=self.settings.max_image_pixels)
-        elif inputs is not None:
-            if prompt is not None:
-                raise InvalidInput("pass the prompt once: either as the first argument or as prompt=")
-            prompt = inputs
-        if spec.prompt == "none":
-            if prompt is not None:
-                raise InvalidInput(f"{spec.name} takes no prompt: leave it out")
-        elif prompt is not None or spec.prompt == "required":
-            if not isinstance(prompt, str):
-                raise InvalidInput(f"the prompt must be text, got {type(prompt).__name__}")
-            if not prompt.strip():
-                if spec.prompt == "required":
-                    raise InvalidInput(f"the prompt is empty: {spec.name} needs some text to start from")
-                prompt = None  # an empty optional prompt means "no prompt" (plain captioning)
-        return Request(spec=spec, prompt=prompt, image=image, parameters=params)
+        return make_request(self.spec, inputs, prompt, parameters, max_pixels=self.settings.max_image_pixels)
+
+    def run(self, request: Request) -> Result:
+        """Run an already validated ``Request`` (what the reference server does)."""
+        output, fields = self._backend.run(request)
+        return self._result(output, fields)
 
     def _result(self, output: Any, fields: dict[str, Any]) -> Result:
         timing_names = Timings.__dataclass_fields__
         timings = {key: fields.pop(key) for key in list(fields) if key in timing_names}
+        tokens = fields.get("details", {}).get("generated_tokens")
+        if self.spec.output == "text" and isinstance(tokens, int):
+            # tokens per second over the whole call (prefill included), the same for every backend
+            timings["tokens"] = tokens
+            timings["tokens_per_s"] = round(tokens / (timings["total_ms"] / 1000), 2) if timings["total_ms"] > 0 else None
         if timings.get("load_ms") is None and self._pending_load_ms is not None:
             timings["load_ms"] = self._pending_load_ms
         self._pending_load_ms = None  # reported once
@@ -221,6 +256,11 @@ class Model:
             return DetectionResult(detections=output, **common)
         return TextResult(text=output, **common)
 
+    def take_load_ms(self) -> float | None:
+        """Claim the pending load time (so no result reports it); e.g. when a server warms a model up."""
+        load_ms, self._pending_load_ms = self._pending_load_ms, None
+        return load_ms
+
     def unload(self) -> None:
         """Free this model's memory in the engine (it loads again on the next call)."""
         if self._backend.name == "local":
@@ -228,3 +268,14 @@ class Model:
 
     def __repr__(self) -> str:
         return f"<Model {self.model_id!r} task={self.spec.name!r} backend={self._backend.name!r}>"
+
+
+def _not_configured(settings: Settings) -> str:
+    missing = []
+    if not settings.remote_enabled:
+        missing.append("REMOTE_INFERENCE_ENABLED=true")
+    if not settings.remote_endpoints:
+        missing.append("REMOTE_INFERENCE_ENDPOINT=<url of the /inference endpoint>")
+    return ("the remote backend is not configured: set " + " and ".join(missing)
+            + " (and REMOTE_INFERENCE_TOKEN if the endpoint needs one), in the environment or in "
+            ".streamlit/secrets.toml")

@@ -71,19 +71,25 @@ class TaskSpec:
     prompt: Literal["required", "optional", "none"]
     output: Literal["text", "detections"]
     description: str
+    #: The hub model the app and the server use when none is given.
+    default_model: str
 
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
         TaskSpec("text-generation", "causal-lm", GenerationParameters, image="none", prompt="required",
-                 output="text", description="continue or answer a text prompt"),
+                 output="text", description="continue or answer a text prompt",
+                 default_model="HuggingFaceTB/SmolLM2-135M-Instruct"),
         TaskSpec("image-to-text", "image-text", ImageTextParameters, image="required", prompt="optional",
-                 output="text", description="caption an image; with a prompt, answer it about the image"),
+                 output="text", description="caption an image; with a prompt, answer it about the image",
+                 default_model="Salesforce/blip-image-captioning-base"),
         TaskSpec("image-text-to-text", "image-text", ImageTextParameters, image="required", prompt="optional",
-                 output="text", description="answer a prompt about an image (vision-language chat models)"),
+                 output="text", description="answer a prompt about an image (vision-language chat models)",
+                 default_model="HuggingFaceTB/SmolVLM-256M-Instruct"),
         TaskSpec("object-detection", "object-detection", DetectionParameters, image="required", prompt="none",
-                 output="detections", description="find objects with boxes, labels and confidences"),
+                 output="detections", description="find objects with boxes, labels and confidences",
+                 default_model="hustvl/yolos-tiny"),
     )
 }
 

@@ -50,6 +50,8 @@ class _ResultBase:
     attempts: int = 1
     #: Bytes of the request body sent to a remote endpoint.
     bytes_sent: int | None = None
+    #: Extra facts from the backend (finish_reason, prompt_tokens, endpoint, ...), kept as received.
+    details: dict[str, Any] = field(default_factory=dict)
 
     def _common_dict(self) -> dict[str, Any]:
         out = {
@@ -63,6 +65,7 @@ class _ResultBase:
             out["backend_reason"] = self.backend_reason
         if self.bytes_sent is not None:
             out["bytes_sent"] = self.bytes_sent
+        out["details"] = dict(self.details)
         return out
 
     def with_timings(self, **changes: Any):
@@ -75,12 +78,10 @@ class TextResult(_ResultBase):
     """The answer of text-generation, image-to-text or image-text-to-text."""
 
     text: str
-    #: Extra facts from the backend (e.g. finish_reason, prompt_tokens), kept as received.
-    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the result."""
-        return {"text": self.text, **self._common_dict(), "details": dict(self.details)}
+        return {"text": self.text, **self._common_dict()}
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
