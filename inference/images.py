@@ -63,17 +63,21 @@ def load_image(source: Any, *, max_pixels: int = 40_000_000) -> Image.Image:
 def encode_image(image: Image.Image, *, max_edge: int | None = None, quality: int = 90) -> tuple[bytes, str, float]:
     """Encode ``image`` for upload, downscaled so its long edge is at most ``max_edge``.
 
+    An image that needs no downscaling goes as lossless PNG, so the remote model sees exactly the pixels
+    a local run sees (comparisons stay fair); a downscaled one goes as JPEG, small on the wire.
+
     Returns:
         (data, content_type, scale) where ``scale`` = original size / sent size (1.0 when not resized),
         so that pixel coordinates in the answer can be mapped back with ``x * scale``.
     """
-    scale = 1.0
-    if max_edge and max(image.size) > max_edge:
-        scale = max(image.size) / max_edge
-        size = (max(1, round(image.width / scale)), max(1, round(image.height / scale)))
-        image = image.resize(size, Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    if not max_edge or max(image.size) <= max_edge:
+        # compress_level=1: PNG's size barely shrinks at higher levels, but encoding gets several times slower.
+        image.save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue(), "image/png", 1.0
+    scale = max(image.size) / max_edge
+    size = (max(1, round(image.width / scale)), max(1, round(image.height / scale)))
+    image.resize(size, Image.Resampling.LANCZOS).convert("RGB").save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue(), "image/jpeg", scale
 
 

@@ -64,6 +64,42 @@ def default_models() -> dict[str, str]:
     return {spec.default_model: spec.default_model for spec in TASKS.values()}
 
 
+class BodyLimitMiddleware:
+    """413 with the protocol's JSON error for bodies over ``max_body_bytes``.
+
+    A declared Content-Length is refused before a byte is read; chunked bodies are counted as they come.
+    (Starlette's own limiter answers 413 in plain text, which protocol clients cannot parse.)
+    """
+
+    def __init__(self, app, max_body_bytes: int) -> None:
+        self.app, self.max_body_bytes = app, max_body_bytes
+
+    def _error(self) -> ApiError:
+        return ApiError(413, "payload_too_large",
+                        f"the request body is larger than {self.max_body_bytes / 2**20:g} MB: send a smaller image")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            error = self._error()
+            response = JSONResponse(error_body(error.code, error.message), status_code=413,
+                                    headers={"Connection": "close"})
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise self._error()
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
 class ApiError(Exception):
     """An error answer of the protocol: status, code and message."""
 
@@ -116,10 +152,8 @@ class InferenceService:
                            "send multipart/form-data with a 'spec' part (JSON) and, for image tasks, an 'image' part")
         try:
             form = await request.form(max_files=1, max_fields=4, max_part_size=1024 * 1024)
-        except StarletteHTTPException as exc:
-            raise ApiError(exc.status_code if exc.status_code == 413 else 400,
-                           "payload_too_large" if exc.status_code == 413 else "malformed_request",
-                           f"the multipart body cannot be parsed: {exc.detail}") from None
+        except ApiError:
+            raise  # the body limit, raised while the form was read
         except Exception as exc:  # python-multipart raises several types for garbage bodies
             raise ApiError(400, "malformed_request", f"the multipart body cannot be parsed: {exc}") from None
         spec = await self._spec(form.get("spec"))
@@ -287,8 +321,8 @@ def create_app(
         threading.Thread(target=warm_up, name="inference-warm-up", daemon=True).start()
         yield
 
-    app = FastAPI(title="Inference Studio reference server", version="1", lifespan=lifespan,
-                  max_body_size=max_body_bytes)
+    app = FastAPI(title="Inference Studio reference server", version="1", lifespan=lifespan)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     app.state.service = service
 
     def authorize(request: Request) -> None:
@@ -326,11 +360,8 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "error")
-        message = str(exc.detail)
-        if exc.status_code == 413:
-            message = f"the request body is larger than {max_body_bytes // (1024 * 1024)} MB: send a smaller image"
-        return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

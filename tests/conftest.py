@@ -80,3 +80,83 @@ def photo_path(tmp_path, photo_png) -> str:
 @pytest.fixture
 def make_photo():
     return _photo
+
+
+# --------------------------------------------------------------------------- servers on loopback
+
+import contextlib
+import socket
+import threading
+import time
+
+import uvicorn
+
+from inference.server import create_app
+
+TOKEN = "tok-4f1d9b7e2c8a6350"  # the bearer token of the test servers; tests assert it never leaks
+
+
+def _loopback_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.contextmanager
+def serve(app, *, timeout: float = 30.0):
+    """Run ``app`` under uvicorn on a free 127.0.0.1 port in a thread; yields the base URL."""
+    sock = _loopback_socket()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def served_demo_models(demo_dir) -> dict[str, str]:
+    return {"tg": demo_dir["text-generation"], "cap": demo_dir["image-to-text"],
+            "vlm": demo_dir["image-text-to-text"], "det": demo_dir["object-detection"]}
+
+
+def wait_loaded(base_url: str, count: int, timeout: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{base_url}/health").json()["loaded"] < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the test server did not load its models")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def server_url(demo_dir) -> str:
+    """The reference server with the four demo models, token-protected, on loopback."""
+    app = create_app(served_demo_models(demo_dir), settings=Settings(server_tokens=(TOKEN,)), concurrency=2)
+    with serve(app) as url:
+        wait_loaded(url, 4)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def remote_settings(server_url) -> Settings:
+    return Settings(remote_enabled=True, remote_endpoints=(f"{server_url}/inference",), remote_token=TOKEN,
+                    remote_timeout=30)
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on (bound, then closed: connections are refused)."""
+    sock = _loopback_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    return port

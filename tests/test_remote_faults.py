@@ -1,0 +1,206 @@
+"""The remote client against a scripted loopback fault server: the right error or success, the right
+number of attempts, within the deadline, and never the token in an error or a log line."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from conftest import TOKEN
+from inference import (
+    AuthenticationError,
+    BadResponse,
+    Engine,
+    InferenceTimeout,
+    ModelLoadError,
+    RateLimited,
+    RemoteUnavailable,
+    Settings,
+    load_model,
+)
+
+OK = (200, {"Content-Type": "application/json"}, b'{"generated_text": "hello there"}')
+OK_LIST = (200, {"Content-Type": "application/json"}, b'[{"generated_text": "hello there"}]')
+
+
+class FaultServer(ThreadingHTTPServer):
+    """Answers each POST with the next scripted behaviour (the last one repeats)."""
+
+    daemon_threads = True
+
+    def __init__(self, script):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.script, self.hits, self.stop = list(script), 0, threading.Event()
+
+    def next(self):
+        self.hits += 1
+        return self.script.pop(0) if len(self.script) > 1 else self.script[0]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        behaviour = self.server.next()
+        if behaviour == "drip":  # headers at once, then one byte every 0.2 s, forever
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            while not self.server.stop.wait(0.2):
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:
+                    return
+            return
+        if behaviour == "hang":  # never answer
+            self.server.stop.wait(30)
+            return
+        status, headers, body = behaviour
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextlib.contextmanager
+def fault_server(script):
+    server = FaultServer(script)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _status(code, body=b'{"error": {"code": "x", "message": "scripted"}}', **headers):
+    return (code, {"Content-Type": "application/json", **headers}, body)
+
+
+CASES = [
+    # (script, deadline s, expected error or None, attempts, min seconds, message fragment)
+    ("refused", 5, RemoteUnavailable, 3, 0, "cannot reach"),  # nothing listens
+    ([_status(401)], 5, AuthenticationError, 1, 0, "REMOTE_INFERENCE_TOKEN"),  # wrong token
+    ([_status(403)], 5, AuthenticationError, 1, 0, "refused the token"),  # forbidden
+    ([_status(404)], 5, ModelLoadError, 1, 0, "does not serve"),  # unknown model
+    ([_status(429, **{"Retry-After": "1"}), OK], 10, None, 2, 1.0, None),  # Retry-After honoured
+    ([_status(503), _status(503), OK], 10, None, 3, 0, None),  # busy twice, then fine
+    ([_status(503)], 10, RemoteUnavailable, 3, 0, "failed (503)"),  # busy every time
+    ([_status(502, b"<html>Bad Gateway</html>")], 10, RemoteUnavailable, 3, 0, "Bad Gateway"),  # proxy error page
+    ([_status(500)], 5, RemoteUnavailable, 1, 0, "failed (500)"),  # a server bug is not retried
+    ([_status(429, **{"Retry-After": "60"})], 5, RateLimited, 1, 0, "retry after 60"),  # wait beyond the deadline
+    ([_status(422)], 5, Exception, 1, 0, "refused the request (422)"),  # never retried
+    (["drip"], 2, InferenceTimeout, 1, 2.0, "within 2 s"),  # slow drip past the deadline
+    (["hang"], 2, InferenceTimeout, 1, 2.0, "within 2 s"),  # accepts, never answers
+    ([(200, {"Content-Type": "text/html"}, b"<html>login page</html>")], 5, BadResponse, 1, 0, "login page"),
+    ([(200, {"Content-Type": "application/json"}, b'{"text": "wrong key"}')], 5, BadResponse, 1, 0, "wrong shape"),
+    ([OK_LIST], 5, None, 1, 0, None),  # the list shape is accepted too
+]
+
+
+@pytest.mark.parametrize(("script", "deadline", "error", "attempts", "at_least", "fragment"), CASES,
+                         ids=[f"case{index}" for index in range(len(CASES))])
+def test_fault_table(script, deadline, error, attempts, at_least, fragment, unused_port, caplog):
+    caplog.set_level(logging.DEBUG)
+    with contextlib.ExitStack() as stack:
+        if script == "refused":
+            url, server = f"http://127.0.0.1:{unused_port}/inference", None
+        else:
+            server = stack.enter_context(fault_server(script))
+            url = f"http://127.0.0.1:{server.server_address[1]}/inference"
+        settings = Settings(remote_enabled=True, remote_endpoints=(url,), remote_token=TOKEN, remote_timeout=deadline)
+        engine = stack.enter_context(Engine(settings))
+        model = load_model("any-model", task="text-generation", backend="remote", engine=engine)
+        started = time.monotonic()
+        if error is None:
+            result = model("hello")
+            elapsed = time.monotonic() - started
+            assert result.text == "hello there" and result.attempts == attempts
+        else:
+            with pytest.raises(error) as caught:
+                model("hello")
+            elapsed = time.monotonic() - started
+            assert fragment in str(caught.value)
+            assert TOKEN not in str(caught.value) and TOKEN not in repr(caught.value)
+            if server is not None and error is not InferenceTimeout:
+                assert server.hits == attempts
+        assert at_least <= elapsed <= deadline + 1.0
+    assert TOKEN not in caplog.text
+
+
+def test_retries_are_logged_without_the_token(caplog):
+    caplog.set_level(logging.DEBUG)
+    with fault_server([_status(503), OK]) as server, Engine() as engine:
+        settings = Settings(remote_enabled=True, remote_token=TOKEN,
+                            remote_endpoints=(f"http://127.0.0.1:{server.server_address[1]}/inference",))
+        assert load_model("m", task="text-generation", backend="remote", engine=engine, settings=settings)("hi").attempts == 2
+    assert "retrying 127.0.0.1" in caplog.text and "503" in caplog.text
+    assert TOKEN not in caplog.text
+
+
+def _mock_engine(handler) -> Engine:
+    settings = Settings(remote_enabled=True, remote_endpoints=("http://gpu-box:8000/inference",), remote_token=TOKEN,
+                        remote_timeout=5)
+    return Engine(settings, http_client=httpx.Client(transport=httpx.MockTransport(handler)))
+
+
+def test_connection_dropped_mid_response_is_not_retried():
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        assert request.headers["authorization"] == f"Bearer {TOKEN}"
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+    with _mock_engine(handler) as engine:
+        with pytest.raises(RemoteUnavailable, match="RemoteProtocolError") as caught:
+            load_model("m", task="text-generation", backend="remote", engine=engine)("hi")
+    assert len(calls) == 1  # the request may have run: it is not sent twice
+    assert TOKEN not in str(caught.value)
+
+
+def test_read_timeout_maps_to_inference_timeout():
+    def handler(request):
+        raise httpx.ReadTimeout("timed out")
+
+    with _mock_engine(handler) as engine:
+        with pytest.raises(InferenceTimeout) as caught:
+            load_model("m", task="text-generation", backend="remote", engine=engine)("hi")
+    assert isinstance(caught.value, TimeoutError)
+
+
+def test_request_is_multipart_with_typed_parts(photo):
+    seen = {}
+
+    def handler(request):
+        if request.method == "GET":  # the class-name lookup (GET /models); this endpoint has none
+            return httpx.Response(404, json={"error": {"code": "not_found", "message": "no such route"}})
+        seen["content_type"] = request.headers["content-type"]
+        seen["body"] = request.read()
+        seen["accept"] = request.headers["accept"]
+        return httpx.Response(200, json=[{"label": "cat", "score": 0.9, "box": {"xmin": 1, "ymin": 2, "xmax": 3, "ymax": 4}}])
+
+    with _mock_engine(handler) as engine:
+        result = load_model("m", task="object-detection", backend="remote", engine=engine)(photo, threshold=0.4)
+    body = seen["body"]
+    assert seen["content_type"].startswith("multipart/form-data; boundary=")
+    assert b'name="spec"' in body and b"Content-Type: application/json" in body
+    assert b'"threshold":0.4' in body and b'"model_id":"m"' in body
+    assert b'name="image"; filename="image.png"' in body and b"Content-Type: image/png" in body
+    assert seen["accept"] == "application/json"
+    assert result.class_names == ["cat"] and result.detections.xyxy.tolist() == [[1, 2, 3, 4]]
+    assert TOKEN.encode() not in body

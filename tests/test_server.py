@@ -1,0 +1,243 @@
+"""The reference server's limits, errors, auth, concurrency and logs, over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import struct
+import threading
+import time
+import zlib
+
+import httpx
+import pytest
+from PIL import Image
+
+from conftest import TOKEN, serve, served_demo_models, wait_loaded
+from inference import Settings
+from inference.server import create_app, main
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _spec(model_id="det", task="object-detection", inputs=None, **parameters) -> str:
+    return json.dumps({"model_id": model_id, "task": task, "payload": {"inputs": inputs, "parameters": parameters}})
+
+
+def _png(width=64, height=48) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 90)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _bomb() -> bytes:
+    small = _png(1, 1)
+    ihdr = b"IHDR" + struct.pack(">II", 60_000, 60_000) + small[24:29]
+    return small[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + small[33:]
+
+
+def _post(url, *, spec=None, image=None, headers=AUTH, **kwargs):
+    files = {}
+    if spec is not None:
+        files["spec"] = (None, spec, "application/json")
+    if image is not None:
+        files["image"] = ("image.png", image, "image/png")
+    return httpx.post(f"{url}/inference", files=files or None, headers=headers, timeout=30, **kwargs)
+
+
+BAD_REQUESTS = [
+    # (kwargs for _post, status, error code, message fragment)
+    ({"headers": {}}, 401, "unauthorized", "bearer token"),  # no token
+    ({"headers": {"Authorization": "Bearer wrong-token"}}, 401, "unauthorized", "bearer token"),  # wrong token
+    ({"headers": {"Authorization": TOKEN}}, 401, "unauthorized", "bearer token"),  # token without the scheme
+    ({"spec": "{not json"}, 400, "invalid_spec", "not valid JSON"),  # spec is not JSON
+    ({"spec": "[1, 2]"}, 400, "invalid_spec", "JSON object"),  # spec is not an object
+    ({"spec": json.dumps({"task": "object-detection"})}, 422, "invalid_spec", "model_id"),  # missing field
+    ({"spec": json.dumps({"model_id": "det", "task": "object-detection", "extra": 1})}, 422, "invalid_spec",
+     "extra"),  # unknown field
+    ({}, 400, "malformed_request", "multipart/form-data"),  # no body at all
+    ({"image": _png()}, 400, "invalid_spec", "no 'spec' part"),  # image without spec
+    ({"spec": _spec(), "image": b"GIF89a-not-really"}, 415, "unsupported_media_type", "not an image"),  # bad image
+    ({"spec": _spec(), "image": _png()[:60]}, 415, "unsupported_media_type", "truncated"),  # cut-off image
+    ({"spec": _spec(), "image": _bomb()}, 413, "image_too_large", "too large"),  # decompression bomb
+    ({"spec": _spec()}, 422, "invalid_input", "needs an 'image' part"),  # image task without image
+    ({"spec": _spec(model_id="nope"), "image": _png()}, 404, "model_not_found", "served models: cap, det"),
+    ({"spec": _spec(threshold=1.5), "image": _png()}, 422, "invalid_input", "between 0 and 1"),  # out of range
+    ({"spec": _spec(threshold="high"), "image": _png()}, 422, "invalid_input", "threshold"),  # not a number
+    ({"spec": _spec(task="image-segmentation"), "image": _png()}, 422, "unsupported_task", "Supported tasks"),
+    ({"spec": _spec(model_id="tg", task="object-detection"), "image": _png()}, 422, "invalid_input",
+     "not object-detection"),  # the model does another task
+    ({"spec": _spec(model_id="tg", task="text-generation", inputs="  ")}, 422, "invalid_input", "prompt is empty"),
+    ({"spec": _spec(model_id="tg", task="text-generation", inputs="hi", max_new_tokens=0)}, 422, "invalid_input",
+     "max_new_tokens"),  # zero tokens
+    ({"spec": _spec(model_id="tg", task="text-generation", inputs="hi"), "image": _png()}, 422, "invalid_input",
+     "takes no image"),  # an image for a text task
+]
+
+
+@pytest.mark.parametrize(("kwargs", "status", "code", "fragment"), BAD_REQUESTS,
+                         ids=[f"bad{index}" for index in range(len(BAD_REQUESTS))])
+def test_bad_requests_get_json_errors(server_url, kwargs, status, code, fragment):
+    response = _post(server_url, **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert fragment in error["message"]
+    if status == 401:
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b"\x00\x01garbage" * 100, "multipart/form-data; boundary=xyz"),  # garbage under a multipart header
+        (b"--xyz\r\nContent-Disposition: form-data; name=\"spec\"\r\n\r\n{}", "multipart/form-data; boundary=xyz"),
+        (b"\xff" * 1000, "multipart/form-data"),  # no boundary at all
+        (b'{"model_id": "det"}', "application/json"),  # JSON instead of multipart
+        (b"random bytes", "application/octet-stream"),  # anything else
+    ],
+)
+def test_malformed_bodies_are_4xx_never_500(server_url, content, content_type):
+    response = httpx.post(f"{server_url}/inference", content=content,
+                          headers={**AUTH, "Content-Type": content_type}, timeout=10)
+    assert 400 <= response.status_code < 500, response.text
+    assert "error" in response.json()
+
+
+def test_body_over_the_limit_is_413(server_url):
+    response = _post(server_url, spec=_spec(), image=b"\0" * (21 * 1024 * 1024))
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert "20 MB" in response.json()["error"]["message"]
+
+
+def test_unknown_route_and_method_are_json(server_url):
+    assert httpx.get(f"{server_url}/nowhere").json()["error"]["code"] == "not_found"
+    response = httpx.get(f"{server_url}/inference", headers=AUTH)
+    assert response.status_code == 405 and response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_success_headers(server_url):
+    response = _post(server_url, spec=_spec(), image=_png())
+    assert response.status_code == 200
+    assert response.headers["X-Inference-Source"] == "local"
+    timing = response.headers["Server-Timing"]
+    assert timing.startswith("inference;dur=") and "queue;dur=" in timing
+    assert "load;dur" not in timing  # the model was loaded at startup, not by this request
+
+
+def test_health_and_models(server_url):
+    health = httpx.get(f"{server_url}/health").json()
+    assert health == {"status": "ok", "served": 4, "loaded": 4, "auth": "bearer"}
+    assert httpx.get(f"{server_url}/models").status_code == 401
+    models = {m["id"]: m for m in httpx.get(f"{server_url}/models", headers=AUTH).json()["models"]}
+    assert set(models) == {"tg", "cap", "vlm", "det"}
+    assert models["det"]["task"] == "object-detection" and models["det"]["classes"][:2] == ["person", "bicycle"]
+    assert models["cap"]["tasks"] == ["image-to-text", "image-text-to-text"]
+    assert all(m["status"] == "loaded" and m["device"] == "cpu" for m in models.values())
+
+
+def test_streaming_over_sse(server_url):
+    spec = _spec(model_id="tg", task="text-generation", inputs="hello", max_new_tokens=6)
+    with httpx.stream("POST", f"{server_url}/inference", files={"spec": (None, spec, "application/json")},
+                      headers={**AUTH, "Accept": "text/event-stream"}, timeout=30) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    tokens = [event["token"] for event in events[:-1]]
+    assert len(tokens) >= 2 and "".join(tokens) == events[-1]["generated_text"]
+    assert events[-1]["details"]["generated_tokens"] == 6
+
+
+def test_stream_of_detection_is_refused(server_url):
+    response = _post(server_url, spec=_spec(), image=_png(), headers={**AUTH, "Accept": "text/event-stream"})
+    assert response.status_code == 422 and "no text to stream" in response.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def busy_server(demo_dir):
+    """One model, one request at a time, one waiting: the third concurrent request is refused."""
+    app = create_app({"tg": demo_dir["text-generation"]}, settings=Settings(), concurrency=1, queue_size=1)
+    with serve(app) as url:
+        wait_loaded(url, 1)
+        yield url
+
+
+def test_queue_full_answers_503_with_retry_after(busy_server):
+    spec = _spec(model_id="tg", task="text-generation", inputs="a long story", max_new_tokens=600,
+                 use_chat_template=False)
+    statuses, retry_after = [], []
+
+    def call():
+        response = _post(busy_server, spec=spec, headers={})
+        statuses.append(response.status_code)
+        if response.status_code == 503:
+            retry_after.append(response.headers.get("Retry-After"))
+            assert response.json()["error"]["code"] == "busy"
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(set(statuses)) == [200, 503]
+    assert statuses.count(200) >= 2 and 500 not in statuses
+    assert retry_after and all(value == "1" for value in retry_after)
+
+
+def test_health_stays_responsive_while_a_model_works(busy_server):
+    spec = _spec(model_id="tg", task="text-generation", inputs="a long story", max_new_tokens=900,
+                 use_chat_template=False)
+    worker = threading.Thread(target=lambda: _post(busy_server, spec=spec, headers={}))
+    worker.start()
+    time.sleep(0.3)  # the model is generating now
+    started = time.perf_counter()
+    assert httpx.get(f"{busy_server}/health", timeout=5).status_code == 200
+    health_ms = (time.perf_counter() - started) * 1000
+    worker.join()
+    assert health_ms < 500
+
+
+def test_one_log_line_per_request_without_secrets(server_url, caplog):
+    caplog.set_level(logging.DEBUG)
+    _post(server_url, spec=_spec(), image=_png())
+    _post(server_url, spec=_spec(), image=_png(), headers={"Authorization": "Bearer not-the-token"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "inference.server"]
+    assert any(line.startswith("POST /inference 200 model=det") for line in lines)
+    assert any(line.startswith("POST /inference 401") for line in lines)
+    assert TOKEN not in caplog.text and "not-the-token" not in caplog.text
+    assert "\x89PNG" not in caplog.text
+
+
+def test_no_token_means_loopback_only(capsys):
+    assert main(["--host", "0.0.0.0", "--model", "x=/nonexistent"]) == 2
+    assert "INFERENCE_SERVER_TOKEN" in capsys.readouterr().err
+
+
+def test_unavailable_model_is_reported_not_fatal(demo_dir):
+    app = create_app({"ok": demo_dir["object-detection"], "gone": "/no/such/model"}, settings=Settings())
+    with serve(app) as url:
+        wait_loaded(url, 1)
+        time.sleep(0.2)
+        models = {m["id"]: m for m in httpx.get(f"{url}/models").json()["models"]}
+        assert models["ok"]["status"] == "loaded"
+        assert models["gone"]["status"] == "error" and "no such directory" in models["gone"]["error"]
+        response = _post(url, spec=_spec(model_id="gone"), image=_png(), headers={})
+        assert response.status_code == 404 and "no such directory" in response.json()["error"]["message"]
+
+
+def test_chunked_body_over_the_limit_is_413(demo_dir):
+    app = create_app({"det": demo_dir["object-detection"]}, settings=Settings(), max_body_bytes=100_000,
+                     preload=False)
+
+    def chunks():
+        boundary = b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n\r\n"
+        yield boundary
+        for _ in range(50):
+            yield b"\0" * 10_000  # no Content-Length: the server must count
+
+    with serve(app) as url:
+        response = httpx.post(f"{url}/inference", content=chunks(), timeout=10,
+                              headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
