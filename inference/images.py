@@ -18,7 +18,7 @@ from .errors import InvalidInput
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["ImageInput", "encode_image", "load_image"]
+__all__ = ["ImageData", "ImageInput", "encode_image", "load_image"]
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, io.IOBase, Image.Image, "np.ndarray"]
 
@@ -44,20 +44,80 @@ def load_image(source: Any, *, max_pixels: int = 40_000_000) -> Image.Image:
         return _to_rgb(source)
     if _is_array(source):
         return _from_array(source, max_pixels)
-    if isinstance(source, (str, os.PathLike)):
-        data = _read_path(source)
-        origin = f"file {os.fspath(source)!r}"
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        data, origin = bytes(source), "the image data"
-    elif hasattr(source, "read"):
-        data = source.getvalue() if hasattr(source, "getvalue") else source.read()
-        origin = f"upload {getattr(source, 'name', '')!r}".replace(" ''", "")
-    else:
-        raise InvalidInput(
-            f"cannot use a {type(source).__name__} as an image: pass a file path, bytes, "
-            "a PIL.Image or a numpy RGB array"
-        )
+    data, origin = _read_source(source)
     return _decode(data, origin, max_pixels)
+
+
+_UPLOADABLE = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+
+
+class ImageData:
+    """An image input, checked at once but decoded only when pixels are needed.
+
+    The header is read up front: a missing file, bytes that are not an image or too many pixels fail
+    here. ``image`` decodes (a local run needs pixels); ``for_upload`` sends encoded inputs as they are
+    when the wire protocol allows their format and they need no downscaling (a remote run does not).
+    """
+
+    def __init__(self, source: Any, *, max_pixels: int = 40_000_000) -> None:
+        self.max_pixels = max_pixels
+        self.raw: bytes | None = None
+        self._image: Image.Image | None = None
+        if isinstance(source, Image.Image) or _is_array(source):
+            self._image = load_image(source, max_pixels=max_pixels)
+            self.format, self.size = None, self._image.size
+            return
+        self.raw, self.origin = _read_source(source)
+        if not self.raw:
+            raise InvalidInput(f"{self.origin} is empty: upload or pass a JPEG, PNG or WebP image",
+                               code="unsupported_media_type")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                header = Image.open(io.BytesIO(self.raw), formats=_FORMATS)
+                orientation = header.getexif().get(_ORIENTATION, 1)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InvalidInput(f"{self.origin} is too large to decode safely (over {max_pixels:,} pixels): "
+                               "resize it first", code="image_too_large") from None
+        except UnidentifiedImageError:
+            raise InvalidInput(f"{self.origin} is not an image Pillow can read: use JPEG, PNG or WebP",
+                               code="unsupported_media_type") from None
+        except Exception as exc:  # a damaged header (any Pillow error): the image is bad
+            raise InvalidInput(f"{self.origin} is damaged or truncated and cannot be decoded ({exc})",
+                               code="unsupported_media_type") from None
+        _check_size(header.size, max_pixels)
+        self.format = header.format
+        width, height = header.size
+        # EXIF orientations 5-8 turn the picture a quarter: as people see it, width and height swap.
+        self.size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+    @property
+    def image(self) -> Image.Image:
+        """The decoded RGB image (decoded once, on first use)."""
+        if self._image is None:
+            assert self.raw is not None
+            self._image = _decode(self.raw, self.origin, self.max_pixels)
+        return self._image
+
+    def for_upload(self, max_edge: int | None) -> tuple[bytes, str, float]:
+        """(data, content_type, scale) to send; see ``encode_image`` for ``scale``."""
+        fits = not max_edge or max(self.size) <= max_edge
+        if self.raw is not None and self.format in _UPLOADABLE and fits:
+            return self.raw, _UPLOADABLE[self.format], 1.0
+        return encode_image(self.image, max_edge=max_edge)
+
+
+def _read_source(source: Any) -> tuple[bytes, str]:
+    if isinstance(source, (str, os.PathLike)):
+        return _read_path(source), f"file {os.fspath(source)!r}"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), "the image data"
+    if hasattr(source, "read"):
+        data = source.getvalue() if hasattr(source, "getvalue") else source.read()
+        return data, f"upload {getattr(source, 'name', '')!r}".replace(" ''", "")
+    raise InvalidInput(
+        f"cannot use a {type(source).__name__} as an image: pass a file path, bytes, a PIL.Image or a numpy RGB array"
+    )
 
 
 def encode_image(image: Image.Image, *, max_edge: int | None = None, quality: int = 90) -> tuple[bytes, str, float]:
@@ -113,8 +173,9 @@ def _decode(data: bytes, origin: str, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise InvalidInput(f"{origin} is not an image Pillow can read: use JPEG, PNG or WebP",
                            code="unsupported_media_type") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        # Pillow raises OSError("image file is truncated ...") for cut-off files, SyntaxError for broken headers.
+    except Exception as exc:
+        # Decoding untrusted bytes: Pillow raises OSError("image file is truncated"), SyntaxError, struct.error,
+        # ... for damaged files. Whatever it raises, the image is bad, not the server.
         raise InvalidInput(f"{origin} is damaged or truncated and cannot be decoded ({exc})",
                            code="unsupported_media_type") from None
     return _to_rgb(image)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import InvalidInput, RemoteNotConfigured
-from .images import load_image
+from .images import ImageData
 from .settings import Settings
 from .tasks import TaskSpec, get_task, validate_parameters
 from .types import DetectionResult, ModelInfo, Result, TextResult, TextStream, Timings
@@ -24,8 +24,13 @@ class Request:
 
     spec: TaskSpec
     prompt: str | None
-    image: Any  # PIL.Image.Image | None
+    image_data: ImageData | None
     parameters: Any  # the task's pydantic parameters model
+
+    @property
+    def image(self) -> Any:
+        """The decoded ``PIL.Image`` (decoded on first use: a remote call may never need the pixels)."""
+        return None if self.image_data is None else self.image_data.image
 
 
 def make_request(spec: TaskSpec, inputs: Any, prompt: str | None, parameters: dict[str, Any] | None, *,
@@ -42,7 +47,7 @@ def make_request(spec: TaskSpec, inputs: Any, prompt: str | None, parameters: di
     if spec.image == "required":
         if inputs is None:
             raise InvalidInput(f"{spec.name} needs an image: pass a path, PIL.Image, numpy RGB array or bytes")
-        image = load_image(inputs, max_pixels=max_pixels)
+        image = ImageData(inputs, max_pixels=max_pixels)
     elif inputs is not None:
         if prompt is not None:
             raise InvalidInput("pass the prompt once: either as the first argument or as prompt=")
@@ -57,7 +62,7 @@ def make_request(spec: TaskSpec, inputs: Any, prompt: str | None, parameters: di
             if spec.prompt == "required":
                 raise InvalidInput(f"the prompt is empty: {spec.name} needs some text to start from")
             prompt = None  # an empty optional prompt means "no prompt" (plain captioning)
-    return Request(spec=spec, prompt=prompt, image=image, parameters=params)
+    return Request(spec=spec, prompt=prompt, image_data=image, parameters=params)
 
 
 def load_model(

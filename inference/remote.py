@@ -34,7 +34,6 @@ from .errors import (
     RateLimited,
     RemoteUnavailable,
 )
-from .images import encode_image
 from .settings import Settings
 from .tasks import TaskSpec
 from .wire import Payload, Spec, dumps, parse_detections, parse_error, parse_server_timing, parse_text
@@ -442,9 +441,9 @@ class RemoteBackend:
         parameters = request.parameters.model_dump(exclude_unset=True, exclude_none=True)
         spec = Spec(model_id=self.model_id, task=self.spec.name,
                     payload=Payload(inputs=request.prompt, parameters=parameters))
-        if request.image is None:
+        if request.image_data is None:
             return spec, None, 1.0
-        data, content_type, scale = encode_image(request.image, max_edge=self.client.settings.upload_max_edge)
+        data, content_type, scale = request.image_data.for_upload(self.client.settings.upload_max_edge)
         return spec, (data, content_type), scale
 
     def run(self, request) -> tuple[Any, dict[str, Any]]:
@@ -457,7 +456,7 @@ class RemoteBackend:
         try:
             if self.spec.output == "detections":
                 output: Any = self._detections(answer.data, scale)
-                fields: dict[str, Any] = {"image_size": request.image.size}
+                fields: dict[str, Any] = {"image_size": request.image_data.size}
             else:
                 text = parse_text(answer.data)
                 output = text.generated_text

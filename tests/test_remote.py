@@ -206,3 +206,18 @@ def test_gateway_without_remote_configured(server_url, photo, engine):
     det = load_model("det", task="object-detection", backend="remote", engine=engine, settings=client, use_remote=True)
     with pytest.raises(InvalidInput, match="no remote endpoint"):
         det(photo)
+
+
+def test_exif_rotated_photo_gives_the_same_boxes_locally_and_remotely(demo_dir, engine, remote_settings, make_photo):
+    import io
+
+    picture = make_photo(320, 200)
+    exif = picture.getexif()
+    exif[0x0112] = 6  # shown turned a quarter: 200 wide, 320 high
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", exif=exif, quality=95)
+    local, remote = _pair(demo_dir, engine, remote_settings, "object-detection", "det")
+    here, there = local(buffer.getvalue(), threshold=0.3), remote(buffer.getvalue(), threshold=0.3)
+    assert here.image_size == there.image_size == (200, 320)
+    assert there.class_names == here.class_names
+    np.testing.assert_allclose(there.detections.xyxy, here.detections.xyxy, atol=0.006)

@@ -204,3 +204,20 @@ def test_request_is_multipart_with_typed_parts(photo):
     assert seen["accept"] == "application/json"
     assert result.class_names == ["cat"] and result.detections.xyxy.tolist() == [[1, 2, 3, 4]]
     assert TOKEN.encode() not in body
+
+
+def test_encoded_input_is_sent_as_is(photo):
+    buffer = __import__("io").BytesIO()
+    photo.save(buffer, format="JPEG", quality=80)
+    jpeg = buffer.getvalue()
+    seen = {}
+
+    def handler(request):
+        if request.method == "GET":
+            return httpx.Response(404)
+        seen["body"] = request.read()
+        return httpx.Response(200, json={"generated_text": "a photo"})
+
+    with _mock_engine(handler) as engine:
+        load_model("m", task="image-to-text", backend="remote", engine=engine)(jpeg)
+    assert jpeg in seen["body"] and b"Content-Type: image/jpeg" in seen["body"]  # not decoded and re-encoded
