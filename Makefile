@@ -32,6 +32,7 @@ demo-models: install
 
 bench: dev
 	HF_HUB_OFFLINE=1 $(PY) bench/local_overhead.py
+	HF_HUB_OFFLINE=1 $(PY) bench/remote_overhead.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_MODELS) .pytest_cache

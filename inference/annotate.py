@@ -68,21 +68,27 @@ def detections_to_list(detections: sv.Detections) -> list[dict[str, Any]]:
     return out
 
 
-def detections_from_list(items: list[dict[str, Any]], classes: tuple[str, ...] | list[str] = ()) -> sv.Detections:
-    """Build ``sv.Detections`` from the wire shape; class ids follow ``classes`` where the label is known."""
+def detections_from_list(items: list[Any], classes: tuple[str, ...] | list[str] = ()) -> sv.Detections:
+    """Build ``sv.Detections`` from the wire shape (dicts or ``wire.DetectionItem``s).
+
+    Class ids follow ``classes`` where the label is known, so colours match the local model's.
+    """
     if not items:
         return sv.Detections.empty()
+    labels, scores, boxes = zip(*(_wire_fields(item) for item in items))
     class_index = {name: index for index, name in enumerate(classes)}
-    extra: dict[str, int] = {}
-    class_ids = []
-    for item in items:
-        label = item["label"]
-        if label not in class_index:
-            extra.setdefault(label, len(class_index) + len(extra))
-        class_ids.append(class_index.get(label, extra.get(label)))
+    for label in labels:
+        class_index.setdefault(label, len(class_index))  # labels the model did not list get ids after its own
     return sv.Detections(
-        xyxy=np.array([[b["xmin"], b["ymin"], b["xmax"], b["ymax"]] for b in (i["box"] for i in items)], dtype=np.float32),
-        confidence=np.array([item["score"] for item in items], dtype=np.float32),
-        class_id=np.array(class_ids, dtype=int),
-        data={"class_name": np.array([item["label"] for item in items])},
+        xyxy=np.array(boxes, dtype=np.float32),
+        confidence=np.array(scores, dtype=np.float32),
+        class_id=np.array([class_index[label] for label in labels], dtype=int),
+        data={"class_name": np.array(labels)},
     )
+
+
+def _wire_fields(item: Any) -> tuple[str, float, tuple[float, float, float, float]]:
+    if isinstance(item, dict):
+        box = item["box"]
+        return item["label"], item["score"], (box["xmin"], box["ymin"], box["xmax"], box["ymax"])
+    return item.label, item.score, (item.box.xmin, item.box.ymin, item.box.xmax, item.box.ymax)

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 
 from .errors import (
     AuthenticationError,
@@ -498,13 +499,12 @@ class RemoteBackend:
     def _detections(self, data: Any, scale: float):
         from .annotate import detections_from_list
 
-        items = [item.model_dump() for item in parse_detections(data)]
-        detections = detections_from_list(items, self.info().get("classes", ()))
+        detections = detections_from_list(parse_detections(data), self.info().get("classes", ()))
         if scale != 1.0 and len(detections):
             # NOTE: the server reports pixels of the image as sent (downscaled), so map back to the original.
             detections.xyxy = detections.xyxy * scale
-        if len(detections):
-            detections = detections[detections.confidence.argsort()[::-1]]
+        if len(detections) > 1 and (np.diff(detections.confidence) > 0).any():
+            detections = detections[detections.confidence.argsort()[::-1]]  # best first, like local results
         return detections
 
 
