@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["DEMO_MARKER", "DEMO_TASKS", "build_demo_models", "is_demo_model"]
+__all__ = ["DEMO_MARKER", "DEMO_TASKS", "build_demo_models", "hub_reachable", "is_cached", "is_demo_model"]
 
 #: File written into every demo model directory; the app uses it to label outputs as random.
 DEMO_MARKER = "inference_studio_demo.json"
@@ -196,6 +196,31 @@ def build_demo_models(directory: str | Path, tasks: tuple[str, ...] = DEMO_TASKS
 def is_demo_model(path: str | Path) -> bool:
     """True when ``path`` is a complete demo model directory (outputs from it are random)."""
     return (Path(path).expanduser() / DEMO_MARKER).is_file()
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether models can be downloaded from the Hugging Face Hub right now (False when HF_HUB_OFFLINE is set)."""
+    import os
+
+    import httpx
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        httpx.head(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def is_cached(model_id: str) -> bool:
+    """Whether ``model_id`` (a hub id) is in the local Hugging Face cache, so it loads offline."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+    except Exception:  # an id the hub would reject is not cached either
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,8 +121,8 @@ def _load(source: str, spec: TaskSpec, auto_model: str, device: str, dtype: str,
     )
 
 
-def tasks_of(source: str) -> tuple[str, ...]:
-    """The tasks ``source`` can do, read from its config alone (no weights are loaded).
+def tasks_of(source: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(tasks, detector class names) of ``source``, read from its config alone (no weights are loaded).
 
     Raises:
         ModelLoadError: the config cannot be found or read.
@@ -132,10 +132,13 @@ def tasks_of(source: str) -> tuple[str, ...]:
     from .tasks import TASKS
 
     config, _ = _load_config(source, None)
-    return tuple(
+    tasks = tuple(
         name for name, spec in TASKS.items()
         if type(config) in getattr(transformers, RUNNERS[spec.family].auto_model)._model_mapping
     )
+    id2label = getattr(config, "id2label", None) or {}
+    classes = tuple(str(id2label[index]) for index in sorted(id2label)) if "object-detection" in tasks else ()
+    return tasks, classes
 
 
 def _load_config(source: str, spec: TaskSpec | None) -> tuple[Any, str]:

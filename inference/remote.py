@@ -493,7 +493,9 @@ class RemoteBackend:
                         break
             except InferenceError as exc:
                 log.info("GET /models failed (%s); model info stays partial", exc)
-            self._info = facts
+            if facts and (facts["classes"] or self.spec.output != "detections"):
+                self._info = facts  # complete: no need to ask again
+            return dict(facts)
         return dict(self._info)
 
     def _detections(self, data: Any, scale: float):
@@ -548,10 +550,12 @@ def _timing_fields(headers: httpx.Headers, total_ms: float) -> dict[str, Any]:
     timings = parse_server_timing(headers.get("server-timing"))
     fields: dict[str, Any] = {"total_ms": total_ms}
     if timings:
-        server_ms = sum(timings.get(name, 0.0) for name in ("inference", "queue", "load"))
+        if "load" in timings:
+            # A model load on the server is reported once, as load_ms, and kept out of the latencies.
+            fields["load_ms"] = timings["load"]
+            fields["total_ms"] = total_ms = max(0.0, total_ms - timings["load"])
+        server_ms = timings.get("inference", 0.0) + timings.get("queue", 0.0)
         fields.update(server_ms=server_ms, network_ms=max(0.0, total_ms - server_ms))
         if "queue" in timings:
             fields["queue_ms"] = timings["queue"]
-        if "load" in timings:
-            fields["load_ms"] = timings["load"]
     return fields

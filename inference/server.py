@@ -117,6 +117,7 @@ class ServedModel:
     concurrency: int
     queue_size: int
     tasks: tuple[str, ...] | None = None
+    classes: tuple[str, ...] = ()  # from the config, known before the weights load
     status: str = "not loaded"
     error: str | None = None
     in_flight: int = 0  # running + waiting
@@ -126,7 +127,7 @@ class ServedModel:
 
     def describe(self, engine: Engine) -> dict[str, Any]:
         loaded = engine.loaded(self.source)
-        facts = {"device": None, "dtype": None, "classes": [], "memory_bytes": None}
+        facts = {"device": None, "dtype": None, "classes": list(self.classes), "memory_bytes": None}
         if loaded:
             facts = {"device": loaded[0].device, "dtype": loaded[0].dtype, "classes": list(loaded[0].classes),
                      "memory_bytes": sum(model.memory_bytes for model in loaded)}
@@ -306,7 +307,7 @@ def create_app(
     def warm_up() -> None:
         for model in served.values():
             try:
-                model.tasks = _tasks_of(model.source)
+                model.tasks, model.classes = _tasks_of(model.source)
                 if model.tasks and preload:
                     # Loaded before any request: no request should report this load as its own.
                     service.handle(model, model.tasks[0]).take_load_ms()
@@ -420,7 +421,7 @@ def create_app(
     return app
 
 
-def _tasks_of(source: str) -> tuple[str, ...]:
+def _tasks_of(source: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     from .local import tasks_of
 
     return tasks_of(source)
@@ -491,6 +492,20 @@ def _parse_models(values: list[str] | None) -> dict[str, str]:
     return models
 
 
+def _exit_with_parent() -> None:
+    """Exit as soon as the parent process dies (it may be killed without a chance to stop us)."""
+    import os
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -502,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-body-mb", type=float, default=MAX_BODY_BYTES / 2**20, help="request body limit in MB")
     parser.add_argument("--no-preload", action="store_true", help="load models on first request, not at startup")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="exit when the process that started this one is gone (used by the app)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -513,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: refusing to serve on {args.host} without authentication: set INFERENCE_SERVER_TOKEN "
               "(one or more comma-separated tokens), or bind to 127.0.0.1", file=sys.stderr)
         return 2
+    if args.exit_with_parent:
+        _exit_with_parent()
     app = create_app(_parse_models(args.model), settings=settings, concurrency=args.concurrency,
                      queue_size=args.queue, max_body_bytes=int(args.max_body_mb * 2**20),
                      preload=not args.no_preload)

@@ -8,11 +8,15 @@ from __future__ import annotations
 import io
 import os
 
+import tempfile
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The app builds its offline demo models here; the tests' own demo models live in the same place.
+os.environ["INFERENCE_DEMO_MODELS_DIR"] = tempfile.mkdtemp(prefix="inference-demo-models-")
 for _variable in list(os.environ):
     # Tests describe their own configuration; a developer's shell must not leak into them.
-    if _variable.startswith(("REMOTE_INFERENCE_", "INFERENCE_")):
+    if _variable.startswith(("REMOTE_INFERENCE_", "INFERENCE_")) and _variable != "INFERENCE_DEMO_MODELS_DIR":
         del os.environ[_variable]
 
 import numpy as np
@@ -24,9 +28,9 @@ from inference.demo_models import build_demo_models
 
 
 @pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory) -> dict[str, str]:
-    """task → directory of its tiny demo model (built once, in seconds)."""
-    built = build_demo_models(tmp_path_factory.mktemp("demo-models"))
+def demo_dir() -> dict[str, str]:
+    """task → directory of its tiny demo model (built once, in seconds; the app uses the same ones)."""
+    built = build_demo_models(os.environ["INFERENCE_DEMO_MODELS_DIR"])
     return {task: str(path) for task, path in built.items()}
 
 
@@ -96,7 +100,7 @@ from inference.server import create_app
 TOKEN = "tok-4f1d9b7e2c8a6350"  # the bearer token of the test servers; tests assert it never leaks
 
 
-def _loopback_socket() -> socket.socket:
+def _loopback_socket() -> socket.socket:  # noqa: D103
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
