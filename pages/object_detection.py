@@ -8,6 +8,9 @@ from inference.annotate import annotate_detections, labels_for
 from inference.compare import detection_parity
 from ui import components as ui
 from ui import runner, sidebar, state
+from ui.app import require_navigation
+
+require_navigation()
 
 TASK, P = "object-detection", "od"
 LOCAL_COLOUR, REMOTE_COLOUR = sv.Color.from_hex("#ef6c00"), sv.Color.from_hex("#1565c0")
@@ -76,9 +79,12 @@ with right:
                 ui.timing_metrics(result, compact=len(results) > 1)
                 st.dataframe(ui.detection_table(result), hide_index=True, width="stretch", height=180)
                 d1, d2 = st.columns(2)
-                d1.download_button("Annotated PNG", ui.png_bytes(annotated), file_name=f"detections-{backend}.png",
+                narrow = len(results) > 1
+                d1.download_button("PNG" if narrow else "Annotated PNG", ui.png_bytes(annotated),
+                                   file_name=f"detections-{backend}.png", help="the annotated image",
                                    mime="image/png", key=f"{P}_png_{backend}", icon=":material/download:")
-                d2.download_button("Detections JSON", ui.detections_json(result),
+                d2.download_button("JSON" if narrow else "Detections JSON", ui.detections_json(result),
+                                   help="every detection with label, score and box",
                                    file_name=f"detections-{backend}.json", mime="application/json",
                                    key=f"{P}_json_{backend}", icon=":material/data_object:")
         if len(results) == 2:

@@ -4,6 +4,9 @@ import streamlit as st
 
 from ui import components as ui
 from ui import runner, sidebar, state
+from ui.app import require_navigation
+
+require_navigation()
 
 TASK, P = "text-generation", "tg"
 SHARED = {

@@ -91,7 +91,8 @@ def _remote_section(active: bool) -> None:
     else:
         st.error(message, icon=":material/error:")
     if served:
-        lines = [f"- `{item.get('id')}` · {item.get('task')} · {item.get('status')}" for item in served]
+        lines = [f"- `{_short(str(item.get('id')))}` · {item.get('task') or 'starting'} · {item.get('status')}"
+                 for item in served]
         st.markdown("**Served models**\n" + "\n".join(lines))
 
 
@@ -105,8 +106,7 @@ def _local_section() -> None:
     if not status["models"]:
         st.caption("No model loaded yet: models load on first use and stay loaded for every page and session.")
     for index, model in enumerate(status["models"]):
-        name = model["model_id"].rstrip("/").rsplit("/", 2)
-        short = "/".join(name[-2:])
+        short = _short(model["model_id"])
         left, right = st.columns([3, 2], vertical_alignment="center")
         left.markdown(f"`{short}`  \n{model['dtype']} · {state.format_bytes(model['memory_bytes'])}",
                       help=model["model_id"])
@@ -115,3 +115,8 @@ def _local_section() -> None:
             engine.unload(model["model_id"])
             st.toast(f"Unloaded {short}")
             st.rerun()
+
+
+def _short(model_id: str) -> str:
+    """``org/name`` stays; a long directory path shows its last two parts."""
+    return "/".join(model_id.rstrip("/").split("/")[-2:])

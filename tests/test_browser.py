@@ -1,0 +1,157 @@
+"""The app in a real browser: Playwright drives Debian's Chromium through every page.
+
+Needs /usr/bin/chromium (``.ci/run`` installs it); skipped elsewhere unless CI is set. Screenshots go to
+$SCREENSHOT_DIR (default test-results/screenshots); ``make screenshots`` writes the README's.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import _loopback_socket
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR", ROOT / "test-results" / "screenshots"))
+# The flags this sandbox needs: no background networking (the network is closed), no GPU, no sandbox as root.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+if not CHROMIUM.exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{CHROMIUM} is missing: .ci/run should have installed Debian's chromium")
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def app_url(demo_dir):
+    sock = _loopback_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError("streamlit did not start")
+        time.sleep(0.3)
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def _open(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    return page
+
+
+def _run(page, button: str, done: str, timeout: float = 120_000) -> None:
+    page.get_by_role("button", name=button).first.click()
+    page.get_by_text(done).first.wait_for(timeout=timeout)
+    # Streamlit shows "Running" in the header until the script run ends.
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=timeout)
+    page.wait_for_timeout(500)
+
+
+def _shot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def test_text_generation_page(browser, app_url):
+    page = _open(browser, f"{app_url}/")
+    page.get_by_role("button", name="Generate").wait_for(timeout=60_000)
+    _run(page, "Generate", "Tokens/s")
+    assert page.get_by_text("Time to first token").is_visible()
+    output = page.locator('[data-testid="stMarkdownContainer"]').all_inner_texts()
+    assert any(len(text.split()) >= 5 for text in output)  # the streamed answer is on the page
+    assert _shot(page, "text-generation").stat().st_size > 10_000
+    page.close()
+
+
+def test_image_to_text_page(browser, app_url):
+    page = _open(browser, f"{app_url}/image_to_text")
+    page.get_by_role("button", name="Describe").wait_for(timeout=60_000)
+    _run(page, "Describe", "Tokens/s")
+    assert page.get_by_text("Task: image-to-text").is_visible() or page.get_by_text("image-to-text").first.is_visible()
+    assert _shot(page, "image-to-text").stat().st_size > 10_000
+    page.close()
+
+
+def test_object_detection_page(browser, app_url):
+    page = _open(browser, f"{app_url}/object_detection")
+    page.get_by_role("button", name="Detect").wait_for(timeout=60_000)
+    _run(page, "Detect", "detections shown")
+    image = page.locator('[data-testid="stImage"] img').first
+    assert image.evaluate("img => img.naturalWidth") == 512  # the annotated astronaut photo
+    assert page.locator('[data-testid="stDownloadButton"]').filter(has_text="Annotated PNG").first.is_visible()
+    assert _shot(page, "object-detection").stat().st_size > 50_000
+    page.close()
+
+
+def test_object_detection_compare_page(browser, app_url):
+    page = _open(browser, f"{app_url}/object_detection?mode=compare")
+    page.get_by_role("button", name="Detect").wait_for(timeout=60_000)
+    _run(page, "Detect", "Matched boxes", timeout=180_000)
+    assert page.get_by_text("loopback server on this machine").first.is_visible()
+    assert page.get_by_text("Both on one picture").is_visible()
+    assert _shot(page, "object-detection-compare").stat().st_size > 50_000
+    page.close()
+
+
+def test_bad_upload_shows_an_error(browser, app_url):
+    page = _open(browser, f"{app_url}/object_detection")
+    page.get_by_role("button", name="Detect").wait_for(timeout=60_000)
+    page.get_by_role("radio", name="Upload").click()  # a segmented control option
+    page.locator('input[type="file"]').set_input_files(
+        {"name": "holiday.png", "mimeType": "image/png", "buffer": b"this is not a picture"})
+    page.get_by_text("holiday.png").wait_for(timeout=30_000)
+    _run(page, "Detect", "not an image")
+    assert page.locator('[data-testid="stAlertContentError"]').first.is_visible()
+    assert not page.get_by_text("Traceback").count()
+    page.close()
+
+
+def test_a_share_link_opened_first_on_a_fresh_server_gets_the_whole_app(browser, demo_dir):
+    """Streamlit's legacy pages/ mode would run the page alone: no sidebar, no restored settings."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(contextlib.contextmanager(app_url.__wrapped__)(demo_dir))
+        page = _open(browser, f"{url}/object_detection?mode=compare&threshold=0.35&sample=cat")
+        page.get_by_role("button", name="Detect").wait_for(timeout=60_000)
+        page.get_by_text("Backend: Compare").wait_for(timeout=60_000)
+        assert page.locator('[data-testid="stSidebar"]').get_by_text("Backend").first.is_visible()
+        assert "0.35" in page.locator('[data-testid="stSlider"]').first.inner_text()
+        page.close()
