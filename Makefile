@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8501
 DEMO_MODELS ?= demo-models
 
-.PHONY: run test install dev demo-models bench server clean
+.PHONY: run test install dev demo-models bench screenshots server clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ demo-models: install
 bench: dev
 	HF_HUB_OFFLINE=1 $(PY) bench/local_overhead.py
 	HF_HUB_OFFLINE=1 $(PY) bench/remote_overhead.py
+
+# The README's screenshots, taken by the browser test.
+screenshots: dev
+	HF_HUB_OFFLINE=1 SCREENSHOT_DIR=docs/screenshots $(PY) -m pytest tests/test_browser.py -q
+
+server: install
+	$(PY) -m inference.server
 
 clean:
 	rm -rf $(VENV) $(DEMO_MODELS) .pytest_cache

@@ -100,6 +100,8 @@ def test_text_generation_page(browser, app_url):
     page.get_by_role("button", name="Generate").wait_for(timeout=60_000)
     _run(page, "Generate", "Tokens/s")
     expect(page.get_by_text("Time to first token")).to_be_visible()
+    # The sidebar's local status already lists the model this very run loaded.
+    expect(page.locator('[data-testid="stSidebar"]').get_by_role("button", name="Unload").first).to_be_visible()
     output = page.locator('[data-testid="stMarkdownContainer"]').all_inner_texts()
     assert any(len(text.split()) >= 5 for text in output)  # the streamed answer is on the page
     assert _shot(page, "text-generation").stat().st_size > 10_000

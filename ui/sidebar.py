@@ -63,8 +63,13 @@ def render() -> str:
         if "settings_error" in st.session_state:
             st.error(st.session_state["settings_error"])
         _remote_section(active=mode in ("Remote", "Compare"))
-        _local_section()
     return mode
+
+
+def render_local() -> None:
+    """The local status: drawn after the page ran, so it shows the model the page just loaded."""
+    with st.sidebar:
+        _local_section()
 
 
 def _remote_section(active: bool) -> None:
