@@ -389,16 +389,24 @@ def _device_inputs(loaded: LoadedModel, inputs):
 # --------------------------------------------------------------------------- runners
 
 
-class CausalLMRunner:
-    """text-generation with decoder-only language models (AutoModelForCausalLM)."""
+class _Runner:
+    """How a task family loads: the transformers Auto classes of its model and of its processor."""
 
-    auto_model = "AutoModelForCausalLM"
+    auto_model: str
+    auto_processor: str
 
     @classmethod
     def load(cls, source: str, spec: TaskSpec, device: str, dtype: str) -> LoadedModel:
-        from transformers import AutoTokenizer
+        import transformers
 
-        return _load(source, spec, cls.auto_model, device, dtype, AutoTokenizer.from_pretrained)
+        processor = getattr(transformers, cls.auto_processor)
+        return _load(source, spec, cls.auto_model, device, dtype, processor.from_pretrained)
+
+
+class CausalLMRunner(_Runner):
+    """text-generation with decoder-only language models (AutoModelForCausalLM)."""
+
+    auto_model, auto_processor = "AutoModelForCausalLM", "AutoTokenizer"
 
     @staticmethod
     def prepare(loaded: LoadedModel, prompt: str, image: Image.Image | None, params: GenerationParameters) -> _Generation:
@@ -422,16 +430,10 @@ class CausalLMRunner:
         return _Generation(loaded, _device_inputs(loaded, inputs), params, tokenizer, prompt_tokens)
 
 
-class ImageTextRunner:
+class ImageTextRunner(_Runner):
     """image-to-text and image-text-to-text (AutoModelForImageTextToText: BLIP, VisionEncoderDecoder, LLaVA, SmolVLM, ...)."""
 
-    auto_model = "AutoModelForImageTextToText"
-
-    @classmethod
-    def load(cls, source: str, spec: TaskSpec, device: str, dtype: str) -> LoadedModel:
-        from transformers import AutoProcessor
-
-        return _load(source, spec, cls.auto_model, device, dtype, AutoProcessor.from_pretrained)
+    auto_model, auto_processor = "AutoModelForImageTextToText", "AutoProcessor"
 
     @staticmethod
     def prepare(loaded: LoadedModel, prompt: str | None, image: Image.Image, params: GenerationParameters) -> _Generation:
@@ -458,16 +460,10 @@ class ImageTextRunner:
         return _Generation(loaded, _device_inputs(loaded, inputs), params, tokenizer, prompt_tokens)
 
 
-class ObjectDetectionRunner:
+class ObjectDetectionRunner(_Runner):
     """object-detection with DETR-style models (AutoModelForObjectDetection: DETR, YOLOS, RT-DETR, ...)."""
 
-    auto_model = "AutoModelForObjectDetection"
-
-    @classmethod
-    def load(cls, source: str, spec: TaskSpec, device: str, dtype: str) -> LoadedModel:
-        from transformers import AutoImageProcessor
-
-        return _load(source, spec, cls.auto_model, device, dtype, AutoImageProcessor.from_pretrained)
+    auto_model, auto_processor = "AutoModelForObjectDetection", "AutoImageProcessor"
 
     @staticmethod
     def detect(loaded: LoadedModel, image: Image.Image, params: DetectionParameters) -> sv.Detections:
@@ -494,7 +490,7 @@ class ObjectDetectionRunner:
 
 
 #: Task family → runner. Every family in tasks.TASKS has one.
-RUNNERS: dict[str, type] = {
+RUNNERS: dict[str, type[_Runner]] = {
     "causal-lm": CausalLMRunner,
     "image-text": ImageTextRunner,
     "object-detection": ObjectDetectionRunner,

@@ -126,10 +126,11 @@ class Model:
         self._engine = engine
         self._pending_load_ms: float | None = None
         self._backend, self.backend_reason = self._select_backend(backend, device, dtype, use_remote)
-        if self._backend.name == "local" and self._pending_load_ms is None:
-            # Load now, so a bad model id fails here and not on the first call.
-            _, self._pending_load_ms = self._backend.load()
         self._info: ModelInfo | None = None
+
+    def _load_local(self, local) -> None:
+        # Load now, so a bad model id fails in load_model and not on the first call.
+        _, self._pending_load_ms = local.load()
 
     def _select_backend(self, backend: Backend, device: str | None, dtype: str | None, use_remote: bool):
         """The backend-selection table of DESIGN.md; returns (backend, reason)."""
@@ -139,6 +140,7 @@ class Model:
         settings = self.settings
         local = LocalBackend(self._engine, self.model_id, self.spec, device, dtype)
         if backend == "local":
+            self._load_local(local)
             return local, None
         if backend == "remote":
             if not settings.remote_configured:
@@ -147,9 +149,10 @@ class Model:
         # auto
         if not settings.remote_configured:
             why = "remote inference is disabled" if not settings.remote_enabled else "no remote endpoint is set"
+            self._load_local(local)
             return local, f"ran locally: {why}"
         try:
-            _, self._pending_load_ms = local.load()
+            self._load_local(local)
         except ModelLoadError as exc:
             return self._remote(use_remote), f"ran remotely: the model cannot run here ({exc})"
         return local, "ran locally: the model loads on this machine"

@@ -48,6 +48,8 @@ RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 CONNECT_TIMEOUT = 10.0
 #: Time a status call (/health, /models) may take: these feed a sidebar, not a result.
 STATUS_TIMEOUT = 3.0
+#: How long a GET /models answer is reused.
+MODELS_MAX_AGE = 30.0
 
 
 def endpoint_host(url: str) -> str:
@@ -112,6 +114,7 @@ class RemoteClient:
         self._executor = executor
         self._preferred = 0  # the endpoint that answered last; failover starts there
         self._token = settings.remote_token
+        self._models: tuple[float, list[dict[str, Any]] | None] = (0.0, None)
 
     def __repr__(self) -> str:
         hosts = ", ".join(endpoint_host(url) for url in self.endpoints)
@@ -149,12 +152,19 @@ class RemoteClient:
         answer = RemoteAnswer(None, response.headers, state.attempts, state.bytes_sent, state.endpoint)
         return self._events(events, state, response), answer, state
 
-    def models(self) -> list[dict[str, Any]]:
-        """``GET /models`` of the first endpoint that answers (no retries, short timeout)."""
+    def models(self, max_age: float = MODELS_MAX_AGE) -> list[dict[str, Any]]:
+        """``GET /models`` of the first endpoint that answers (no retries, short timeout).
+
+        The answer is reused for ``max_age`` seconds: every model handle on this endpoint asks for it.
+        """
+        fetched_at, cached = self._models
+        if cached is not None and time.monotonic() - fetched_at < max_age:
+            return cached
         data = self._get("models")
         items = data.get("models", data) if isinstance(data, dict) else data
         if not isinstance(items, list):
             raise BadResponse("GET /models did not answer a list of models")
+        self._models = (time.monotonic(), items)
         return items
 
     def health(self) -> dict[str, Any]:

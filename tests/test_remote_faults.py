@@ -221,3 +221,26 @@ def test_encoded_input_is_sent_as_is(photo):
     with _mock_engine(handler) as engine:
         load_model("m", task="image-to-text", backend="remote", engine=engine)(jpeg)
     assert jpeg in seen["body"] and b"Content-Type: image/jpeg" in seen["body"]  # not decoded and re-encoded
+
+
+def test_model_list_is_fetched_once_for_many_handles(photo):
+    gets = []
+
+    def handler(request):
+        if request.method == "GET":
+            gets.append(request.url.path)
+            return httpx.Response(200, json={"models": [{"id": "m", "task": "object-detection", "classes": ["cat"]}]})
+        return httpx.Response(200, json=[{"label": "cat", "score": 0.9, "box": {"xmin": 1, "ymin": 2, "xmax": 3, "ymax": 4}}])
+
+    with _mock_engine(handler) as engine:
+        for _ in range(3):  # a new handle per call, as the app makes on every rerun
+            assert load_model("m", task="object-detection", backend="remote", engine=engine)(photo).class_names == ["cat"]
+    assert gets == ["/models"]
+
+
+def test_reprs_never_show_the_token():
+    with _mock_engine(lambda request: httpx.Response(200, json={"generated_text": "x"})) as engine:
+        model = load_model("m", task="text-generation", backend="remote", engine=engine)
+        for thing in (engine, engine.settings, engine.remote_client(), model, model("hi")):
+            assert TOKEN not in repr(thing)
+        assert "token=set" in repr(engine.remote_client())
