@@ -26,7 +26,6 @@ from PIL import Image  # noqa: E402
 
 from inference import Engine, Settings, load_model  # noqa: E402
 from inference.demo_models import build_demo_models  # noqa: E402
-from inference.local import DEFAULT_CAPTION_PROMPT  # noqa: E402
 
 PROMPT = "Write a haiku about the sea"
 QUESTION = "What is in the picture?"

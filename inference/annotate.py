@@ -75,7 +75,7 @@ def detections_from_list(items: list[Any], classes: tuple[str, ...] | list[str] 
     """
     if not items:
         return sv.Detections.empty()
-    labels, scores, boxes = zip(*(_wire_fields(item) for item in items))
+    labels, scores, boxes = zip(*(_wire_fields(item) for item in items), strict=True)
     class_index = {name: index for index, name in enumerate(classes)}
     for label in labels:
         class_index.setdefault(label, len(class_index))  # labels the model did not list get ids after its own

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,6 @@ from .tasks import TaskSpec
 
 if TYPE_CHECKING:
     import supervision as sv
-    import torch
     from PIL import Image
 
     from .tasks import DetectionParameters, GenerationParameters

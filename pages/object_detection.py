@@ -54,7 +54,7 @@ with left:
 with right:
     outcomes = runner.last(P)
     results = {backend: outcome.result for backend, outcome in outcomes.items() if outcome.ok}
-    for backend, outcome in outcomes.items():
+    for outcome in outcomes.values():
         if outcome.error is not None:
             ui.show_error(outcome.error, st)
     if results:

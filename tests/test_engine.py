@@ -9,7 +9,7 @@ import weakref
 import psutil
 import pytest
 
-from inference import Engine, Settings, get_engine, load_model
+from inference import Engine, ModelLoadError, Settings, get_engine, load_model
 from inference import local as local_module
 from inference.engine import _trim_heap
 
@@ -74,7 +74,7 @@ def test_both_image_text_tasks_share_one_loaded_model(demo_dir, engine, count_lo
 
 def test_failed_load_is_not_cached(demo_dir, engine, tmp_path):
     broken = tmp_path / "later"
-    with pytest.raises(Exception):
+    with pytest.raises(ModelLoadError, match="no such directory"):
         load_model(str(broken), task="text-generation", engine=engine)
     import shutil
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import TOKEN, serve, served_demo_models, wait_loaded
+from conftest import TOKEN, serve, wait_loaded
 from inference import (
     Engine,
     InvalidInput,

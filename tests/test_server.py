@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import TOKEN, serve, served_demo_models, wait_loaded
+from conftest import TOKEN, serve, wait_loaded
 from inference import Settings
 from inference.server import create_app, main
 
