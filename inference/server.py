@@ -227,18 +227,21 @@ class InferenceService:
                 served.status, served.error = "loaded", None
             return handle
 
-    def predict(self, served: ServedModel | None, spec: Spec, request: InferenceRequest, use_remote: bool) -> Result:
-        """Run the request here, or forward it to this server's remote endpoint (gateway mode)."""
+    def model_for(self, served: ServedModel | None, spec: Spec, use_remote: bool) -> Model:
+        """The model to run on: a served one here, or this server's remote endpoint (gateway mode)."""
         if use_remote:
             if not self.settings.remote_configured:
                 raise ApiError(400, "remote_not_configured",
                                "use_remote=true, but this server has no remote endpoint: set "
                                "REMOTE_INFERENCE_ENABLED=true and REMOTE_INFERENCE_ENDPOINT on the server")
-            model = load_model(spec.model_id, task=spec.task, backend="remote", engine=self.engine,
-                               settings=self.settings)
-            return model.run(request)
+            return load_model(spec.model_id, task=spec.task, backend="remote", engine=self.engine,
+                              settings=self.settings)
         assert served is not None
-        return self.handle(served, spec.task).run(request)
+        return self.handle(served, spec.task)
+
+    def predict(self, served: ServedModel | None, spec: Spec, request: InferenceRequest, use_remote: bool) -> Result:
+        """Run the request here, or forward it to this server's remote endpoint (gateway mode)."""
+        return self.model_for(served, spec, use_remote).run(request)
 
     # ------------------------------------------------------------------ encode
 
@@ -440,13 +443,7 @@ async def _stream_response(service: InferenceService, gate: ServedModel, served:
 
     The caller holds ``gate`` for this request; the event stream releases it when it ends.
     """
-    if use_remote:
-        model = await run_in_threadpool(
-            lambda: load_model(spec.model_id, task=spec.task, backend="remote", engine=service.engine,
-                               settings=service.settings))
-    else:
-        assert served is not None
-        model = await run_in_threadpool(service.handle, served, spec.task)
+    model = await run_in_threadpool(service.model_for, served, spec, use_remote)
     stream = await run_in_threadpool(model.run_stream, request)
 
     async def events() -> AsyncIterator[bytes]:

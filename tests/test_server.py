@@ -241,3 +241,12 @@ def test_chunked_body_over_the_limit_is_413(demo_dir):
                               headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_gateway_without_upstream_is_400_streamed_or_not(server_url):
+    spec = _spec(model_id="tg", task="text-generation", inputs="hi")
+    for accept in ("application/json", "text/event-stream"):
+        response = httpx.post(f"{server_url}/inference", headers={**AUTH, "Accept": accept}, timeout=30,
+                              files={"spec": (None, spec, "application/json")}, data={"use_remote": "true"})
+        assert response.status_code == 400, (accept, response.text)
+        assert response.json()["error"]["code"] == "remote_not_configured"
