@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from inference import Engine, Settings, load_model  # noqa: E402
+from inference.compare import percentile  # noqa: E402
 from inference.demo_models import build_demo_models  # noqa: E402
 
 TOKEN = "bench-token-not-secret"
@@ -82,11 +83,6 @@ def start_server(models: dict[str, str], port: int, concurrency: int, queue: int
         time.sleep(0.2)
     process.kill()
     raise RuntimeError("the server did not start")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def client_overhead(url: str, calls: int) -> list[str]:

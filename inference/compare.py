@@ -195,7 +195,7 @@ def run_repeated(calls: dict[str, Callable[[], Result]], n: int,
 def summarize(result: Result) -> dict[str, Any]:
     """A flat row for a run-history table."""
     row = {"source": result.source, "model_id": result.model_id, "task": result.task,
-           **{f"{key}": value for key, value in result.timings.to_dict().items()}}
+           **result.timings.to_dict()}
     if isinstance(result, TextResult):
         row["output"] = result.text[:120]
     else:

@@ -130,9 +130,9 @@ def image_picker(prefix: str) -> PickedImage:
     if source == "Camera":
         shot = st.camera_input("Take a picture", key=f"{prefix}_camera")
         return PickedImage(shot.getvalue() if shot else None, "camera" if shot else None, None)
-    names = list(samples())
-    name = st.selectbox("Sample image", names, key=f"{prefix}_sample", format_func=lambda n: n.title())
-    with open(samples()[name], "rb") as handle:
+    paths = samples()
+    name = st.selectbox("Sample image", list(paths), key=f"{prefix}_sample", format_func=lambda n: n.title())
+    with open(paths[name], "rb") as handle:
         return PickedImage(handle.read(), f"{name}.jpg", name)
 
 
