@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -72,11 +71,14 @@ class ImageData:
             raise InvalidInput(f"{self.origin} is empty: upload or pass a JPEG, PNG or WebP image",
                                code="unsupported_media_type")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                header = Image.open(io.BytesIO(self.raw), formats=_FORMATS)
-                orientation = header.getexif().get(_ORIENTATION, 1)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            header = Image.open(io.BytesIO(self.raw), formats=_FORMATS)
+            _check_size(header.size, max_pixels)  # before anything below could decode a pixel
+            # Pillow finds a PNG's EXIF after the pixels only by decoding them: read it when the header had it.
+            exif = header.getexif() if header.format != "PNG" or "exif" in header.info else {}
+            orientation = exif.get(_ORIENTATION, 1)
+        except InvalidInput:
+            raise
+        except Image.DecompressionBombError:
             raise InvalidInput(f"{self.origin} is too large to decode safely (over {max_pixels:,} pixels): "
                                "resize it first", code="image_too_large") from None
         except UnidentifiedImageError:
@@ -85,7 +87,6 @@ class ImageData:
         except Exception as exc:  # a damaged header (any Pillow error): the image is bad
             raise InvalidInput(f"{self.origin} is damaged or truncated and cannot be decoded ({exc})",
                                code="unsupported_media_type") from None
-        _check_size(header.size, max_pixels)
         self.format = header.format
         width, height = header.size
         # EXIF orientations 5-8 turn the picture a quarter: as people see it, width and height swap.
@@ -158,14 +159,12 @@ def _decode(data: bytes, origin: str, max_pixels: int) -> Image.Image:
         raise InvalidInput(f"{origin} is empty: upload or pass a JPEG, PNG or WebP image", code="unsupported_media_type")
     try:
         # Image.open reads only the header, so the size check below runs before any pixel is decoded.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=_FORMATS)
-            _check_size(image.size, max_pixels)
-            image.load()
+        image = Image.open(io.BytesIO(data), formats=_FORMATS)
+        _check_size(image.size, max_pixels)
+        image.load()
     except InvalidInput:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise InvalidInput(
             f"{origin} is too large to decode safely (over {max_pixels:,} pixels): resize it first",
             code="image_too_large",
@@ -181,6 +180,9 @@ def _decode(data: bytes, origin: str, max_pixels: int) -> Image.Image:
     return _to_rgb(image)
 
 
+# NOTE: no warnings.catch_warnings() around Image.open: it swaps the process-wide filters, which is not
+# thread-safe (the server decodes on many threads). Pillow itself only raises DecompressionBombError past
+# twice its own limit; every size past ``max_pixels`` is refused by _check_size before any pixel is decoded.
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width <= 0 or height <= 0:

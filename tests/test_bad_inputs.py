@@ -25,6 +25,7 @@ from inference import (
     load_image,
     load_model,
 )
+from inference.images import ImageData
 
 
 def _png(width: int, height: int, mode: str = "RGB") -> bytes:
@@ -33,10 +34,10 @@ def _png(width: int, height: int, mode: str = "RGB") -> bytes:
     return buffer.getvalue()
 
 
-def _huge_png_header() -> bytes:
-    """A valid PNG header that claims 50000x50000 pixels: decoding it would need 7.5 GB."""
+def _huge_png_header(width: int = 50_000, height: int = 50_000) -> bytes:
+    """A valid PNG header that claims width x height pixels (by default 7.5 GB decoded)."""
     small = _png(1, 1)
-    ihdr = b"IHDR" + struct.pack(">II", 50_000, 50_000) + small[24:29]
+    ihdr = b"IHDR" + struct.pack(">II", width, height) + small[24:29]
     return small[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + small[33:]
 
 
@@ -82,6 +83,17 @@ def test_decompression_bomb_is_refused_without_decoding():
     with pytest.raises(InvalidInput):
         load_image(_huge_png_header())
     assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own note, once per process
+@pytest.mark.parametrize("size", [(12_000, 8_000), (50_000, 50_000)], ids=["past-pillow-warning", "past-pillow-error"])
+def test_huge_headers_are_refused_by_our_limit(size):
+    # 96 MP is past Pillow's warning threshold (89 MP) but under its error threshold: our limit refuses it.
+    data = _huge_png_header(*size)
+    for check in (load_image, ImageData):
+        with pytest.raises(InvalidInput) as caught:
+            check(data)
+        assert caught.value.code == "image_too_large"
 
 
 def test_pixel_limit_is_configurable(demo_dir, photo):
@@ -217,3 +229,15 @@ def test_import_inference_does_not_import_torch():
     code = "import sys, inference; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_png_header_check_decodes_no_pixels():
+    # A PNG whose pixel data is damaged: the header check (all a remote call needs) passes without
+    # touching the pixels; decoding fails as it should.
+    data = bytearray(_png(64, 64))
+    idat = data.index(b"IDAT")
+    data[idat + 8:idat + 24] = b"\xff" * 16
+    header = ImageData(bytes(data))
+    assert header.size == (64, 64) and header.format == "PNG"
+    with pytest.raises(InvalidInput, match="damaged"):
+        load_image(bytes(data))
