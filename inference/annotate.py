@@ -68,27 +68,21 @@ def detections_to_list(detections: sv.Detections) -> list[dict[str, Any]]:
     return out
 
 
-def detections_from_list(items: list[Any], classes: tuple[str, ...] | list[str] = ()) -> sv.Detections:
-    """Build ``sv.Detections`` from the wire shape (dicts or ``wire.DetectionItem``s).
+def detections_from_list(items: list[dict[str, Any]], classes: tuple[str, ...] | list[str] = ()) -> sv.Detections:
+    """Build ``sv.Detections`` from the wire shape: ``[{"label", "score", "box": {"xmin", ...}}]``.
 
     Class ids follow ``classes`` where the label is known, so colours match the local model's.
     """
     if not items:
         return sv.Detections.empty()
-    labels, scores, boxes = zip(*(_wire_fields(item) for item in items), strict=True)
+    labels = [item["label"] for item in items]
     class_index = {name: index for index, name in enumerate(classes)}
     for label in labels:
         class_index.setdefault(label, len(class_index))  # labels the model did not list get ids after its own
     return sv.Detections(
-        xyxy=np.array(boxes, dtype=np.float32),
-        confidence=np.array(scores, dtype=np.float32),
+        xyxy=np.array([(box["xmin"], box["ymin"], box["xmax"], box["ymax"]) for box in (item["box"] for item in items)],
+                      dtype=np.float32),
+        confidence=np.array([item["score"] for item in items], dtype=np.float32),
         class_id=np.array([class_index[label] for label in labels], dtype=int),
         data={"class_name": np.array(labels)},
     )
-
-
-def _wire_fields(item: Any) -> tuple[str, float, tuple[float, float, float, float]]:
-    if isinstance(item, dict):
-        box = item["box"]
-        return item["label"], item["score"], (box["xmin"], box["ymin"], box["xmax"], box["ymax"])
-    return item.label, item.score, (item.box.xmin, item.box.ymin, item.box.xmax, item.box.ymax)

@@ -57,7 +57,6 @@ class Engine:
         self._http_client = http_client
         self._owns_http_client = http_client is None
         self._remote_clients: dict[Settings, Any] = {}
-        self._executor = None
 
     # ------------------------------------------------------------------ models
 
@@ -193,11 +192,9 @@ class Engine:
 
     def remote_client(self, settings: Settings | None = None):
         """The ``RemoteClient`` for ``settings`` (default: the engine's), sharing one pooled httpx client."""
-        from concurrent.futures import ThreadPoolExecutor
-
         import httpx
 
-        from .remote import RemoteClient
+        from .remote import RemoteClient, deadline_transport
 
         settings = settings or self.settings
         with self._lock:
@@ -206,12 +203,10 @@ class Engine:
                 if self._http_client is None:
                     # keep-alive pool shared by every endpoint; HTTP/1.1 (h2 adds little for one request per call)
                     self._http_client = httpx.Client(
-                        limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+                        transport=deadline_transport(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16)),
                         headers={"User-Agent": "inference-studio"},
                     )
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="inference-remote")
-                client = self._remote_clients[settings] = RemoteClient(settings, self._http_client, self._executor)
+                client = self._remote_clients[settings] = RemoteClient(settings, self._http_client)
             return client
 
     # ------------------------------------------------------------------ lifecycle
@@ -222,9 +217,6 @@ class Engine:
         if self._http_client is not None and self._owns_http_client:
             self._http_client.close()
             self._http_client = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
         self._remote_clients.clear()
 
     def __enter__(self) -> Engine:

@@ -1,29 +1,31 @@
 """The remote backend: an httpx client for the wire protocol (see DESIGN.md).
 
 One pooled ``httpx.Client`` per engine. Every call has an overall deadline (``REMOTE_INFERENCE_TIMEOUT``)
-that bounds connecting, retries, waiting and slow-drip bodies alike; retries (stamina) happen only on
-connect errors and 408/429/502/503/504, honouring ``Retry-After``; a comma-separated endpoint list fails
-over on connect errors and 5xx. Errors are mapped to the ``InferenceError`` tree in one place, and no
-message, log line or repr ever holds the token.
+that bounds connecting, retries, waiting and slow-drip bodies alike: the engine's transport gives every
+socket connect, read and write only the time left until the calling thread's deadline, so calls run in the
+caller's thread with no hand-off and still end on time. Retries (stamina) happen only on connect errors and
+408/429/502/503/504, honouring ``Retry-After``; a comma-separated endpoint list fails over on connect errors
+and 5xx. Errors are mapped to the ``InferenceError`` tree in one place, and no message, log line or repr ever
+holds the token.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
+import math
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import partial
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
-import numpy as np
 
 from .errors import (
     AuthenticationError,
@@ -39,7 +41,7 @@ from .settings import Settings
 from .tasks import TaskSpec
 from .wire import Payload, Spec, dumps, parse_detections, parse_error, parse_server_timing, parse_text
 
-__all__ = ["RemoteBackend", "RemoteClient", "endpoint_host"]
+__all__ = ["RemoteBackend", "RemoteClient", "deadline_transport", "endpoint_host"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,90 @@ CONNECT_TIMEOUT = 10.0
 STATUS_TIMEOUT = 3.0
 #: How long a GET /models answer is reused.
 MODELS_MAX_AGE = 30.0
+#: Retry backoff (stamina): exponential from WAIT_INITIAL up to WAIT_MAX seconds, plus up to WAIT_JITTER.
+WAIT_INITIAL, WAIT_MAX, WAIT_JITTER = 0.1, 2.0, 0.1
+#: A timeout this close to the deadline is the deadline (socket timeouts wake on a millisecond clock).
+DEADLINE_SLACK = 0.01
+
+
+# --------------------------------------------------------------------------- the deadline transport
+
+#: The monotonic time the current thread's call must end by (None: no deadline, plain httpx timeouts).
+_DEADLINE: ContextVar[float | None] = ContextVar("inference_remote_deadline", default=None)
+
+
+@contextmanager
+def _deadline(at: float) -> Iterator[None]:
+    token = _DEADLINE.set(at)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _bounded(timeout: float | None, error: type[Exception]) -> float | None:
+    """``timeout`` cut to the time left before the current deadline; ``error`` once none is left."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return timeout
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise error("the call's deadline has passed")
+    return remaining if timeout is None else min(timeout, remaining)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname: str | None = None, timeout: float | None = None):
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname,
+                                                      _bounded(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, with every socket operation bounded by the calling thread's deadline."""
+
+    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+        self._backend = backend
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options=None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._backend.connect_tcp(host, port, _bounded(timeout, httpcore.ConnectTimeout),
+                                                         local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options=None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._backend.connect_unix_socket(path, _bounded(timeout, httpcore.ConnectTimeout),
+                                                                 socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def deadline_transport(**options: Any) -> httpx.HTTPTransport:
+    """An ``httpx.HTTPTransport`` (same ``options``) whose reads and writes end at the calling call's deadline.
+
+    httpx's own read timeout restarts with every chunk, so a body that drips a byte at a time could outlive
+    any timeout; here each socket operation gets only the time left. Outside a ``RemoteClient`` call it is
+    a plain ``HTTPTransport``.
+    """
+    transport = httpx.HTTPTransport(**options)
+    # NOTE: httpx has no option for httpcore's network backend; every httpcore pool keeps it here.
+    pool = transport._pool
+    pool._network_backend = _DeadlineBackend(pool._network_backend)
+    return transport
 
 
 def endpoint_host(url: str) -> str:
@@ -70,16 +156,27 @@ class _StatusFailure(Exception):
 
 @dataclass
 class _CallState:
-    """What one call has done so far; shared between the caller and the worker thread."""
+    """What one call has done so far."""
 
     deadline: float
     attempts: int = 0
+    next_wait: float = 0.0  # stamina's backoff before the next attempt, without jitter
     bytes_sent: int = 0
     endpoint: str = ""
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancelled: bool = False  # a stream's reader stopped (set from any thread)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
+
+
+@dataclass
+class _Parts:
+    """One call's multipart request: form files and fields, headers, and whether to stream the answer."""
+
+    files: dict[str, Any]
+    data: dict[str, str] | None
+    headers: dict[str, str]
+    stream: bool
 
 
 @dataclass
@@ -98,20 +195,19 @@ class RemoteClient:
 
     Args:
         settings: endpoints, token and deadline.
-        http_client: the pooled client to use (injectable: tests pass a ``MockTransport``).
-        executor: threads that run calls so the caller can stop waiting exactly at the deadline.
+        http_client: the pooled client to use (injectable: tests pass a ``MockTransport``). Build it on
+            ``deadline_transport()`` for exact deadlines; any other transport gets the time left as httpx
+            timeouts, which restart with every read (a slow-drip body could outlast the deadline).
         max_attempts: attempts per call, retries included.
     """
 
-    def __init__(self, settings: Settings, http_client: httpx.Client, executor: ThreadPoolExecutor, *,
-                 max_attempts: int = 3) -> None:
+    def __init__(self, settings: Settings, http_client: httpx.Client, *, max_attempts: int = 3) -> None:
         if not settings.remote_endpoints:
             raise InvalidInput("no remote endpoint configured: set REMOTE_INFERENCE_ENDPOINT")
         self.settings = settings
         self.endpoints = settings.remote_endpoints
         self.max_attempts = max_attempts
         self._http = http_client
-        self._executor = executor
         self._preferred = 0  # the endpoint that answered last; failover starts there
         self._token = settings.remote_token
         self._models: tuple[float, list[dict[str, Any]] | None] = (0.0, None)
@@ -130,8 +226,8 @@ class RemoteClient:
             InvalidInput (the server refused the request), BadResponse.
         """
         state = _CallState(deadline=time.monotonic() + self.settings.remote_timeout)
-        future = self._executor.submit(self._call, spec, image, use_remote, state, False)
-        response, body = self._wait(future, state)
+        with _deadline(state.deadline):
+            response, body = self._call(self._parts(spec, image, use_remote, stream=False), state)
         try:
             data = json.loads(body) if body else None
         except ValueError:
@@ -143,14 +239,13 @@ class RemoteClient:
         """POST with ``Accept: text/event-stream``; returns (events, answer with headers, call state).
 
         Each event is the parsed JSON of one ``data:`` line. Closing the iterator (or cancelling the state)
-        closes the connection.
+        closes the connection. The deadline covers the whole stream.
         """
         state = _CallState(deadline=time.monotonic() + self.settings.remote_timeout)
-        events: queue.Queue = queue.Queue()
-        future = self._executor.submit(self._call, spec, image, use_remote, state, events)
-        response, _ = self._wait(future, state)
+        with _deadline(state.deadline):
+            response, _ = self._call(self._parts(spec, image, use_remote, stream=True), state)
         answer = RemoteAnswer(None, response.headers, state.attempts, state.bytes_sent, state.endpoint)
-        return self._events(events, state, response), answer, state
+        return self._events(response, state), answer, state
 
     def models(self, max_age: float = MODELS_MAX_AGE) -> list[dict[str, Any]]:
         """``GET /models`` of the first endpoint that answers (no retries, short timeout).
@@ -174,85 +269,102 @@ class RemoteClient:
 
     # ------------------------------------------------------------------ the call
 
-    def _wait(self, future: Future, state: _CallState) -> tuple[httpx.Response, bytes]:
+    def _call(self, parts: _Parts, state: _CallState) -> tuple[httpx.Response, bytes]:
+        """Attempts with retries, then the body (a stream: only its headers). Runs inside ``_deadline``."""
+        send = partial(self._attempt, parts, state)
         try:
-            return future.result(timeout=max(0.0, state.remaining()))
-        except FutureTimeout:
-            state.cancelled.set()
-            raise InferenceTimeout(
-                f"the remote endpoint did not answer within {self.settings.remote_timeout:g} s "
-                f"({state.attempts} attempt{'s' if state.attempts != 1 else ''} to {state.endpoint or 'no endpoint'}): "
-                "raise REMOTE_INFERENCE_TIMEOUT or lower the request's size"
-            ) from None
-
-    def _call(self, spec: Spec, image, use_remote: bool, state: _CallState, events) -> tuple[httpx.Response, bytes]:
-        """Runs in a worker thread: attempts with retries; reads the body (or feeds ``events``)."""
-        import stamina
-
-        def backoff(exc: Exception) -> bool | float:
-            if state.cancelled.is_set() or not isinstance(exc, (httpx.TransportError, _StatusFailure)):
-                return False
-            if isinstance(exc, _StatusFailure) and not exc.retryable:
-                return False
-            if isinstance(exc, httpx.TransportError) and not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-                return False  # a request that may have reached the server is not repeated
-            retry_after = getattr(exc, "retry_after", None)
-            if retry_after is not None:
-                if retry_after >= state.remaining():
-                    return False  # the server asks for longer than we have: say so now
-                wait: float | bool = retry_after
-            else:
-                wait = True
-            log.warning("retrying %s after %s (attempt %d of %d)", state.endpoint, _describe(exc),
-                        state.attempts + 1, self.max_attempts)
-            return wait
-
-        try:
-            for attempt in stamina.retry_context(on=backoff, attempts=self.max_attempts, timeout=None,
-                                                 wait_initial=0.1, wait_max=2.0, wait_jitter=0.1):
-                with attempt:
-                    if state.cancelled.is_set():
-                        raise InferenceTimeout("cancelled")
-                    response = self._attempt(spec, image, use_remote, state, stream=events is not False)
+            try:
+                response = send()  # most calls succeed at once: that path skips the retry machinery
+            except (httpx.TransportError, _StatusFailure) as failure:
+                response = self._retry(failure, send, state)
+            if parts.stream and response.status_code < 400:
+                return response, b""
+            body = self._body(response)
         except _StatusFailure as exc:
             raise self._status_error(exc.response, exc.body) from None
         except httpx.TransportError as exc:
             raise self._transport_error(exc, state) from None
-        if events is False:
-            try:
-                body = self._read(response, state)
-            except httpx.TransportError as exc:
-                raise self._transport_error(exc, state) from None
-            if response.status_code >= 400:
-                raise self._status_error(response, body)
-            return response, body
         if response.status_code >= 400:
-            body = self._read(response, state)
             raise self._status_error(response, body)
-        self._executor.submit(self._pump, response, state, events)
-        return response, b""
+        return response, body
 
-    def _attempt(self, spec: Spec, image, use_remote: bool, state: _CallState, *, stream: bool) -> httpx.Response:
+    def _retry(self, failure: Exception, send, state: _CallState) -> httpx.Response:
+        """The attempts after a failed first one: stamina judges each failure (``_backoff``), waits and counts."""
+        import stamina
+
+        for attempt in stamina.retry_context(on=partial(self._backoff, state=state), attempts=self.max_attempts,
+                                             timeout=None, wait_initial=WAIT_INITIAL, wait_max=WAIT_MAX,
+                                             wait_jitter=WAIT_JITTER):
+            with attempt:
+                state.next_wait = attempt.next_wait
+                if attempt.num == 1:
+                    raise failure  # the first attempt's failure, handed to stamina like any other
+                response = send()
+        return response
+
+    def _backoff(self, exc: Exception, state: _CallState) -> bool | float:
+        """stamina's hook: False to give up on ``exc``; True for its exponential backoff; or seconds to wait."""
+        if not isinstance(exc, (httpx.TransportError, _StatusFailure)):
+            return False
+        if isinstance(exc, _StatusFailure) and not exc.retryable:
+            return False
+        if isinstance(exc, httpx.TransportError) and not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+            return False  # a request that may have reached the server is not repeated
+        budget = state.remaining()
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            if retry_after >= budget:
+                return False  # the server asks for longer than we have: say so now
+            wait: bool | float = retry_after
+        elif state.next_wait + WAIT_JITTER >= budget:
+            return False  # no time left for the backoff, let alone another attempt
+        else:
+            wait = True
+        log.warning("retrying %s after %s (attempt %d of %d)", state.endpoint, _describe(exc),
+                    state.attempts + 1, self.max_attempts)
+        return wait
+
+    def _parts(self, spec: Spec, image, use_remote: bool, *, stream: bool) -> _Parts:
+        """The multipart request of one call (the same for every attempt and endpoint)."""
+        files: dict[str, Any] = {"spec": (None, dumps(spec.model_dump(mode="json")), "application/json")}
+        if image is not None:
+            data, content_type = image
+            extension = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}.get(content_type, "bin")
+            files["image"] = (f"image.{extension}", data, content_type)
+        headers = {"Accept": "text/event-stream" if stream else "application/json"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return _Parts(files, {"use_remote": "true"} if use_remote else None, headers, stream)
+
+    def _attempt(self, parts: _Parts, state: _CallState) -> httpx.Response:
         """One attempt: each endpoint in failover order until one answers without a 5xx or connect error."""
         state.attempts += 1
         count = len(self.endpoints)
-        order = [(self._preferred + offset) % count for offset in range(count)]
         failure: Exception | None = None
-        for position, index in enumerate(order):
+        for position in range(count):
+            index = (self._preferred + position) % count
             url = self.endpoints[index]
             state.endpoint = endpoint_host(url)
-            request = self._build(url, spec, image, use_remote, state, stream=stream)
+            remaining = max(0.001, state.remaining())
+            # The deadline transport ends every read and write at the deadline; these bound any other transport.
+            request = self._http.build_request(
+                "POST", url, files=parts.files, data=parts.data, headers=parts.headers,
+                timeout=httpx.Timeout(connect=min(CONNECT_TIMEOUT, remaining), read=remaining, write=remaining,
+                                      pool=remaining),
+            )
             state.bytes_sent = int(request.headers.get("content-length", 0))
             last = position == count - 1
             try:
-                response = self._http.send(request, stream=True)
+                response = self._http.send(request, stream=parts.stream)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if state.remaining() <= 0:
+                    raise  # the deadline, not the endpoint: no failover
                 log.warning("remote endpoint %s unreachable (%s)%s", state.endpoint, type(exc).__name__,
                             "" if last else "; failing over")
                 failure = exc
                 continue
             if response.status_code >= 500 or response.status_code in RETRY_STATUSES:
-                failure = _StatusFailure(response, self._read(response, state))
+                failure = _StatusFailure(response, self._body(response))
                 if response.status_code >= 500 and not last:
                     log.warning("remote endpoint %s answered %d; failing over", state.endpoint, response.status_code)
                     continue
@@ -262,78 +374,41 @@ class RemoteClient:
         assert failure is not None
         raise failure
 
-    def _build(self, url: str, spec: Spec, image, use_remote: bool, state: _CallState, *, stream: bool) -> httpx.Request:
-        remaining = max(0.001, state.remaining())
-        files: dict[str, Any] = {"spec": (None, dumps(spec.model_dump(mode="json")), "application/json")}
-        if image is not None:
-            data, content_type = image
-            extension = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}.get(content_type, "bin")
-            files["image"] = (f"image.{extension}", data, content_type)
-        headers = {"Accept": "text/event-stream" if stream else "application/json"}
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        return self._http.build_request(
-            "POST", url, files=files, data={"use_remote": "true"} if use_remote else None, headers=headers,
-            timeout=httpx.Timeout(connect=min(CONNECT_TIMEOUT, remaining), read=remaining, write=remaining,
-                                  pool=remaining),
-        )
-
     @staticmethod
-    def _read(response: httpx.Response, state: _CallState) -> bytes:
-        """Read the body, giving up once the caller stopped waiting (a slow drip ends here)."""
-        chunks = []
+    def _body(response: httpx.Response) -> bytes:
+        """The whole body (already read unless streamed); reads end at the deadline (``deadline_transport``)."""
         try:
-            for chunk in response.iter_bytes():
-                chunks.append(chunk)
-                if state.cancelled.is_set():
-                    break
+            return response.read()
         finally:
             response.close()
-        return b"".join(chunks)
 
-    def _pump(self, response: httpx.Response, state: _CallState, events: queue.Queue) -> None:
-        """Worker: parse server-sent events into ``events`` until the stream ends or is cancelled."""
+    def _events(self, response: httpx.Response, state: _CallState) -> Iterator[dict[str, Any]]:
+        """Parse the server-sent events of ``response``, each read bounded by the call's deadline."""
         from httpx_sse import EventSource
 
+        events = EventSource(response).iter_sse()
         try:
-            for event in EventSource(response).iter_sse():
-                if state.cancelled.is_set():
-                    break
+            while not state.cancelled:
+                try:
+                    with _deadline(state.deadline):
+                        event = next(events, None)
+                except httpx.TransportError as exc:
+                    raise self._transport_error(exc, state, streaming=True) from None
+                if event is None:
+                    return
                 if not event.data:
                     continue
                 try:
-                    events.put(("event", event.json()))
+                    value = event.json()
                 except ValueError:
-                    events.put(("error", self._bad_response(response, event.data.encode(), "an event is not JSON")))
-                    return
-            events.put(("end", None))
-        except httpx.TransportError as exc:
-            events.put(("error", self._transport_error(exc, state)))
-        except Exception as exc:  # surfaced to the reader, never lost in a thread
-            events.put(("error", exc))
-        finally:
-            response.close()
-
-    def _events(self, events: queue.Queue, state: _CallState, response: httpx.Response) -> Iterator[dict[str, Any]]:
-        try:
-            while True:
-                try:
-                    kind, value = events.get(timeout=max(0.0, state.remaining()))
-                except queue.Empty:
-                    raise InferenceTimeout(
-                        f"the remote stream did not finish within {self.settings.remote_timeout:g} s: "
-                        "raise REMOTE_INFERENCE_TIMEOUT or ask for fewer tokens"
-                    ) from None
-                if kind == "end":
-                    return
-                if kind == "error":
-                    raise value
+                    raise self._bad_response(response, event.data.encode(), "an event is not JSON") from None
                 if isinstance(value, dict) and "error" in value:
                     detail = parse_error(value)
                     raise RemoteUnavailable(f"the remote endpoint failed mid-stream: {self._scrub(detail.message if detail else str(value))}")
                 yield value
         finally:
-            state.cancelled.set()
+            state.cancelled = True
+            response.close()
 
     def _get(self, path: str) -> Any:
         headers = {"Accept": "application/json"}
@@ -345,7 +420,7 @@ class RemoteClient:
             try:
                 response = self._http.get(target, headers=headers, timeout=STATUS_TIMEOUT)
             except httpx.TransportError as exc:
-                failure = self._transport_error(exc, _CallState(deadline=0, endpoint=endpoint_host(url)))
+                failure = self._transport_error(exc, _CallState(deadline=math.inf, endpoint=endpoint_host(url)))
                 continue
             if response.status_code >= 400:
                 failure = self._status_error(response, response.content)
@@ -359,9 +434,11 @@ class RemoteClient:
 
     # ------------------------------------------------------------------ error mapping (the one place)
 
-    def _transport_error(self, exc: httpx.TransportError, state: _CallState) -> InferenceError:
+    def _transport_error(self, exc: httpx.TransportError, state: _CallState, *, streaming: bool = False) -> InferenceError:
         host = state.endpoint or ", ".join(endpoint_host(url) for url in self.endpoints)
         tried = f" after {state.attempts} attempt{'s' if state.attempts != 1 else ''}" if state.attempts else ""
+        if isinstance(exc, httpx.TimeoutException) and state.remaining() <= DEADLINE_SLACK:
+            return self._timeout(state, streaming=streaming)
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
             return RemoteUnavailable(
                 f"cannot reach the remote endpoint {host}{tried} ({type(exc).__name__}): check that the server runs "
@@ -373,6 +450,18 @@ class RemoteClient:
                 "or lower the request's size"
             )
         return RemoteUnavailable(f"the connection to the remote endpoint {host} failed{tried} ({type(exc).__name__})")
+
+    def _timeout(self, state: _CallState, *, streaming: bool = False) -> InferenceTimeout:
+        """The call's deadline (REMOTE_INFERENCE_TIMEOUT) passed."""
+        limit = f"{self.settings.remote_timeout:g} s"
+        if streaming:
+            return InferenceTimeout(f"the remote stream did not finish within {limit}: raise REMOTE_INFERENCE_TIMEOUT "
+                                    "or ask for fewer tokens")
+        attempts = f"{state.attempts} attempt{'s' if state.attempts != 1 else ''}"
+        return InferenceTimeout(
+            f"the remote endpoint did not answer within {limit} ({attempts} to {state.endpoint or 'no endpoint'}): "
+            "raise REMOTE_INFERENCE_TIMEOUT or lower the request's size"
+        )
 
     def _status_error(self, response: httpx.Response, body: bytes) -> InferenceError:
         status = response.status_code
@@ -511,12 +600,13 @@ class RemoteBackend:
     def _detections(self, data: Any, scale: float):
         from .annotate import detections_from_list
 
-        detections = detections_from_list(parse_detections(data), self.info().get("classes", ()))
+        items = parse_detections(data)
+        if any(before["score"] < after["score"] for before, after in zip(items, items[1:])):
+            items = sorted(items, key=lambda item: item["score"], reverse=True)  # best first, like local results
+        detections = detections_from_list(items, self.info().get("classes", ()))
         if scale != 1.0 and len(detections):
             # NOTE: the server reports pixels of the image as sent (downscaled), so map back to the original.
             detections.xyxy = detections.xyxy * scale
-        if len(detections) > 1 and (np.diff(detections.confidence) > 0).any():
-            detections = detections[detections.confidence.argsort()[::-1]]  # best first, like local results
         return detections
 
 
@@ -545,7 +635,7 @@ class _RemoteStreamHandle:
             self.fields.update(server_ms=server_ms, network_ms=max(0.0, total_ms - server_ms))
 
     def cancel(self) -> None:
-        self.state.cancelled.set()
+        self.state.cancelled = True
 
 
 def _answer_details(answer: RemoteAnswer) -> dict[str, Any]:

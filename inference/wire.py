@@ -1,7 +1,7 @@
 """The wire protocol's schemas (pydantic), shared by the remote client and the reference server.
 
 Requests are validated strictly (a server must say what is wrong); responses are parsed tolerantly
-(unknown keys kept, both the ``{...}`` and ``[{...}]`` text shapes accepted), as clients of real
+(unknown keys allowed, both the ``{...}`` and ``[{...}]`` text shapes accepted), as clients of real
 engines must be.
 """
 
@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
 __all__ = [
     "DetectionItem",
@@ -67,14 +68,16 @@ class _Tolerant(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class Box(_Tolerant):
+class Box(TypedDict):
     xmin: float
     ymin: float
     xmax: float
     ymax: float
 
 
-class DetectionItem(_Tolerant):
+class DetectionItem(TypedDict):
+    """One detection as the wire carries it (a plain dict: parsing many of them stays cheap)."""
+
     label: str
     score: float
     box: Box
@@ -114,7 +117,7 @@ def parse_text(data: Any) -> TextOutput:
 
 
 def parse_detections(data: Any) -> list[DetectionItem]:
-    """A detection answer: a list of ``{label, score, box}``."""
+    """A detection answer: a list of ``{label, score, box}`` (unknown keys dropped)."""
     return _DETECTIONS.validate_python(data)
 
 

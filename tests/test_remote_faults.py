@@ -24,6 +24,7 @@ from inference import (
     Settings,
     load_model,
 )
+from inference.wire import Spec
 
 OK = (200, {"Content-Type": "application/json"}, b'{"generated_text": "hello there"}')
 OK_LIST = (200, {"Content-Type": "application/json"}, b'[{"generated_text": "hello there"}]')
@@ -37,6 +38,7 @@ class FaultServer(ThreadingHTTPServer):
     def __init__(self, script):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.script, self.hits, self.stop = list(script), 0, threading.Event()
+        self.dropped = threading.Event()  # a dripping answer found the client gone
 
     def next(self):
         self.hits += 1
@@ -60,9 +62,28 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(b" ")
                     self.wfile.flush()
                 except OSError:
+                    self.server.dropped.set()
                     return
             return
         if behaviour == "hang":  # never answer
+            self.server.stop.wait(30)
+            return
+        if behaviour == "drip-headers":  # the status line, then a header byte every 0.2 s, forever
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not self.server.stop.wait(0.2):
+                try:
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+                except OSError:
+                    self.server.dropped.set()
+                    return
+            return
+        if behaviour == "stall-stream":  # one event of a stream, then silence
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(b'data: {"token": "hello"}\n\n')
+            self.wfile.flush()
             self.server.stop.wait(30)
             return
         status, headers, body = behaviour
@@ -106,6 +127,7 @@ CASES = [
     ([_status(422)], 5, Exception, 1, 0, "refused the request (422)"),  # never retried
     (["drip"], 2, InferenceTimeout, 1, 2.0, "within 2 s"),  # slow drip past the deadline
     (["hang"], 2, InferenceTimeout, 1, 2.0, "within 2 s"),  # accepts, never answers
+    (["drip-headers"], 2, InferenceTimeout, 1, 2.0, "within 2 s"),  # headers that never end
     ([(200, {"Content-Type": "text/html"}, b"<html>login page</html>")], 5, BadResponse, 1, 0, "login page"),
     ([(200, {"Content-Type": "application/json"}, b'{"text": "wrong key"}')], 5, BadResponse, 1, 0, "wrong shape"),
     ([OK_LIST], 5, None, 1, 0, None),  # the list shape is accepted too
@@ -140,6 +162,45 @@ def test_fault_table(script, deadline, error, attempts, at_least, fragment, unus
                 assert server.hits == attempts
         assert at_least <= elapsed <= deadline + 1.0
     assert TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize("behaviour", ["drip", "drip-headers"])
+def test_a_timed_out_call_lets_go_of_the_connection(behaviour):
+    # The call ends at the deadline, and nothing keeps reading the drip after it.
+    with fault_server([behaviour]) as server:
+        settings = Settings(remote_enabled=True, remote_token=TOKEN, remote_timeout=1,
+                            remote_endpoints=(f"http://127.0.0.1:{server.server_address[1]}/inference",))
+        with Engine(settings) as engine:
+            with pytest.raises(InferenceTimeout):
+                load_model("m", task="text-generation", backend="remote", engine=engine)("hi")
+            assert server.dropped.wait(1.5)  # the server's next writes find the connection closed
+
+
+def test_a_stalled_stream_ends_at_the_deadline():
+    with fault_server(["stall-stream"]) as server:
+        settings = Settings(remote_enabled=True, remote_token=TOKEN, remote_timeout=2,
+                            remote_endpoints=(f"http://127.0.0.1:{server.server_address[1]}/inference",))
+        with Engine(settings) as engine:
+            stream = load_model("m", task="text-generation", backend="remote", engine=engine).stream("hi")
+            started = time.monotonic()
+            pieces = []
+            with pytest.raises(InferenceTimeout, match="did not finish within 2 s"):
+                for piece in stream:
+                    pieces.append(piece)
+            assert pieces == ["hello"]
+            assert time.monotonic() - started <= 2.0 + 1.0
+
+
+def test_status_calls_are_not_bound_by_a_finished_call(server_url):
+    # The deadline belongs to a call: afterwards the same pooled client serves /health and /models normally.
+    settings = Settings(remote_enabled=True, remote_endpoints=(f"{server_url}/inference",), remote_token=TOKEN,
+                        remote_timeout=0.5)
+    with Engine(settings) as engine:
+        client = engine.remote_client()
+        with pytest.raises(ModelLoadError):
+            client.infer(Spec(model_id="no-such-model", task="text-generation"))
+        time.sleep(0.6)  # past that call's deadline
+        assert client.health()["status"] == "ok"
 
 
 def test_retries_are_logged_without_the_token(caplog):
