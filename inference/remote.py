@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -235,7 +235,7 @@ class RemoteClient:
         return RemoteAnswer(data, response.headers, state.attempts, state.bytes_sent, state.endpoint)
 
     def stream(self, spec: Spec, image: tuple[bytes, str] | None = None, *, use_remote: bool = False
-               ) -> tuple[Iterator[dict[str, Any]], RemoteAnswer, _CallState]:
+               ) -> tuple[Generator[dict[str, Any], None, None], RemoteAnswer, _CallState]:
         """POST with ``Accept: text/event-stream``; returns (events, answer with headers, call state).
 
         Each event is the parsed JSON of one ``data:`` line. Closing the iterator (or cancelling the state)
@@ -382,7 +382,7 @@ class RemoteClient:
         finally:
             response.close()
 
-    def _events(self, response: httpx.Response, state: _CallState) -> Iterator[dict[str, Any]]:
+    def _events(self, response: httpx.Response, state: _CallState) -> Generator[dict[str, Any], None, None]:
         """Parse the server-sent events of ``response``, each read bounded by the call's deadline."""
         from httpx_sse import EventSource
 
@@ -576,8 +576,8 @@ class RemoteBackend:
         started = time.perf_counter()
         spec, image, _ = self._wire(request)
         events, answer, state = self.client.stream(spec, image, use_remote=self.use_remote)
-        handle = _RemoteStreamHandle(started, state, answer)
-        return handle.pieces(events), handle, None
+        handle = _RemoteStreamHandle(started, state, answer, events)
+        return handle.pieces(), handle, None
 
     def info(self) -> dict[str, Any]:
         """Device and classes of the model as the endpoint reports them (``GET /models``), when it does."""
@@ -613,14 +613,15 @@ class RemoteBackend:
 class _RemoteStreamHandle:
     """The stream handle ``Model.stream`` expects: started_at, cancel(), details and extra fields."""
 
-    def __init__(self, started_at: float, state: _CallState, answer: RemoteAnswer) -> None:
-        self.started_at, self.state, self.answer = started_at, state, answer
+    def __init__(self, started_at: float, state: _CallState, answer: RemoteAnswer,
+                 events: Generator[dict[str, Any], None, None]) -> None:
+        self.started_at, self.state, self.answer, self.events = started_at, state, answer, events
         self.details: dict[str, Any] = {}
         self.fields: dict[str, Any] = {}
 
-    def pieces(self, events: Iterator[dict[str, Any]]) -> Iterator[str]:
+    def pieces(self) -> Iterator[str]:
         final: dict[str, Any] | None = None
-        for event in events:
+        for event in self.events:
             if "token" in event:
                 token = event["token"]
                 yield token if isinstance(token, str) else str(token.get("text", ""))
@@ -636,6 +637,10 @@ class _RemoteStreamHandle:
 
     def cancel(self) -> None:
         self.state.cancelled = True
+        try:
+            self.events.close()  # closes the connection now, so the server stops generating
+        except ValueError:
+            pass  # being read in another thread: that read ends it at its next event
 
 
 def _answer_details(answer: RemoteAnswer) -> dict[str, Any]:

@@ -49,34 +49,34 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output quiet
         pass
 
+    def _drip(self, byte: bytes) -> None:
+        while not self.server.stop.wait(0.2):
+            try:
+                self.wfile.write(byte)
+                self.wfile.flush()
+            except OSError:  # the client hung up
+                self.server.dropped.set()
+                return
+
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         behaviour = self.server.next()
-        if behaviour == "drip":  # headers at once, then one byte every 0.2 s, forever
+        if behaviour == "drip":  # headers at once, then one byte of the body every 0.2 s, forever
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", "1000000")
             self.end_headers()
-            while not self.server.stop.wait(0.2):
-                try:
-                    self.wfile.write(b" ")
-                    self.wfile.flush()
-                except OSError:
-                    self.server.dropped.set()
-                    return
-            return
+            return self._drip(b" ")
+        if behaviour == "drip-headers":  # the status line, then one byte of a header every 0.2 s, forever
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            return self._drip(b"a")
+        if behaviour == "slow-stream":  # a stream of one event every 0.2 s, forever
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            return self._drip(b'data: {"token": "a"}\n\n')
         if behaviour == "hang":  # never answer
             self.server.stop.wait(30)
-            return
-        if behaviour == "drip-headers":  # the status line, then a header byte every 0.2 s, forever
-            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-            while not self.server.stop.wait(0.2):
-                try:
-                    self.wfile.write(b"a")
-                    self.wfile.flush()
-                except OSError:
-                    self.server.dropped.set()
-                    return
             return
         if behaviour == "stall-stream":  # one event of a stream, then silence
             self.send_response(200)
@@ -189,6 +189,16 @@ def test_a_stalled_stream_ends_at_the_deadline():
                     pieces.append(piece)
             assert pieces == ["hello"]
             assert time.monotonic() - started <= 2.0 + 1.0
+
+
+def test_closing_a_stream_hangs_up_at_once():
+    with fault_server(["slow-stream"]) as server:
+        settings = Settings(remote_enabled=True, remote_token=TOKEN,
+                            remote_endpoints=(f"http://127.0.0.1:{server.server_address[1]}/inference",))
+        with Engine(settings) as engine:
+            with load_model("m", task="text-generation", backend="remote", engine=engine).stream("hi") as stream:
+                assert next(stream) == "a"
+            assert server.dropped.wait(1.5)  # the server's next event finds the connection closed
 
 
 def test_status_calls_are_not_bound_by_a_finished_call(server_url):
