@@ -259,7 +259,9 @@ class RemoteClient:
         items = data.get("models", data) if isinstance(data, dict) else data
         if not isinstance(items, list):
             raise BadResponse("GET /models did not answer a list of models")
-        self._models = (time.monotonic(), items)
+        # A server that is still starting lists models without their task and classes yet: ask again next time.
+        settled = all(not isinstance(item, dict) or item.get("task") or item.get("status") == "error" for item in items)
+        self._models = (time.monotonic() if settled else 0.0, items)
         return items
 
     def health(self) -> dict[str, Any]:

@@ -309,6 +309,28 @@ def test_model_list_is_fetched_once_for_many_handles(photo):
     assert gets == ["/models"]
 
 
+def test_a_model_list_from_a_starting_server_is_not_kept(photo):
+    # Right after start the server lists its models before it has read their configs: no task, no classes.
+    # Class ids (and so the colours of the boxes) must follow the model's classes once they are known.
+    listings = [
+        {"models": [{"id": "m", "task": None, "classes": [], "status": "not loaded"}]},
+        {"models": [{"id": "m", "task": "object-detection", "classes": ["dog", "cat"], "status": "loaded"}]},
+    ]
+    gets = []
+
+    def handler(request):
+        if request.method == "GET":
+            gets.append(request.url.path)
+            return httpx.Response(200, json=listings[min(len(gets), len(listings)) - 1])
+        return httpx.Response(200, json=[{"label": "cat", "score": 0.9, "box": {"xmin": 1, "ymin": 2, "xmax": 3, "ymax": 4}}])
+
+    with _mock_engine(handler) as engine:
+        class_ids = [load_model("m", task="object-detection", backend="remote", engine=engine)(photo).detections.class_id
+                     .tolist() for _ in range(3)]
+    assert class_ids == [[1], [1], [1]]  # the model's own id for "cat", not its place among the labels seen
+    assert gets == ["/models", "/models"]  # the starting list is asked again; the settled one is kept
+
+
 def test_reprs_never_show_the_token():
     with _mock_engine(lambda request: httpx.Response(200, json={"generated_text": "x"})) as engine:
         model = load_model("m", task="text-generation", backend="remote", engine=engine)
