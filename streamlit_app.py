@@ -14,4 +14,4 @@ page = st.navigation([
 sidebar.restore_mode()
 sidebar.render()
 page.run()
-sidebar.render_local()
+sidebar.render_status()

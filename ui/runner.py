@@ -10,7 +10,7 @@ from inference import InferenceError
 from inference.compare import Outcome, run_both, run_repeated, text_parity
 
 from . import components as ui
-from . import state
+from . import sidebar, state
 
 BACKENDS = {"Local": ("local",), "Remote": ("remote",), "Compare": ("local", "remote")}
 
@@ -44,6 +44,8 @@ def run(prefix: str, label: str, task: str, model_id: str, mode: str, args: tupl
             outcomes = run_both({backend: (lambda m=model: m(*args, **kwargs)) for backend, model in models.items()})
     for outcome in outcomes.values():
         ui.record(label, outcome)
+    if "remote" in models:
+        sidebar.count_remote_run()
     st.session_state[f"{prefix}_last"] = outcomes
     st.session_state.pop(f"{prefix}_stats", None)
     return streamed
@@ -60,6 +62,8 @@ def repeat(prefix: str, task: str, model_id: str, mode: str, args: tuple, kwargs
     stats = run_repeated({backend: (lambda m=model: m(*args, **kwargs)) for backend, model in models.items()}, n,
                          progress=lambda done, total: bar.progress(done / total, text=f"Round {done} of {total}"))
     bar.empty()
+    if "remote" in models:
+        sidebar.count_remote_run()
     for item in stats.values():
         for error in dict.fromkeys(item.errors):  # each distinct error once
             st.error(f"{ui.BACKEND_LABEL[item.backend]}: {error}", icon=":material/error:")

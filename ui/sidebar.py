@@ -13,9 +13,13 @@ MODES = ("Local", "Remote", "Compare")
 MODE_HELP = "Local runs models in this process; Remote calls the endpoint; Compare runs both side by side."
 
 
+#: Counts this session's runs that called the remote endpoint: the sidebar asks the endpoint again after each.
+REMOTE_RUNS_KEY = "_remote_runs"
+
+
 @st.cache_data(ttl=15, show_spinner=False)
-def _remote_health(endpoints: tuple[str, ...], _settings) -> tuple[bool, str, list[dict]]:
-    """(reachable, message, served models) for the endpoint, cached briefly."""
+def _remote_health(endpoints: tuple[str, ...], _settings, _runs: int) -> tuple[bool, str, list[dict]]:
+    """(reachable, message, served models) for the endpoint, cached briefly and until the next remote run."""
     engine = state.get_engine()
     client = engine.remote_client(_settings)
     try:
@@ -23,9 +27,14 @@ def _remote_health(endpoints: tuple[str, ...], _settings) -> tuple[bool, str, li
     except InferenceError as exc:
         return False, str(exc), []
     try:
-        return True, "reachable", client.models()
+        return True, "reachable", client.models(max_age=0)
     except InferenceError as exc:
         return True, f"reachable; model list unavailable ({exc})", []
+
+
+def count_remote_run() -> None:
+    """Note that a run called the remote endpoint (its models' status may have changed)."""
+    st.session_state[REMOTE_RUNS_KEY] = st.session_state.get(REMOTE_RUNS_KEY, 0) + 1
 
 
 def restore_mode() -> None:
@@ -62,13 +71,13 @@ def render() -> str:
         mode = st.session_state[MODE_KEY]
         if "settings_error" in st.session_state:
             st.error(st.session_state["settings_error"])
-        _remote_section(active=mode in ("Remote", "Compare"))
     return mode
 
 
-def render_local() -> None:
-    """The local status: drawn after the page ran, so it shows the model the page just loaded."""
+def render_status() -> None:
+    """The remote and local status, drawn after the page ran: they show what the run just did."""
     with st.sidebar:
+        _remote_section(active=st.session_state.get(MODE_KEY) in ("Remote", "Compare"))
         _local_section()
 
 
@@ -89,7 +98,8 @@ def _remote_section(active: bool) -> None:
     except InferenceError as exc:
         st.error(f"The remote backend is not available: {exc}")
         return
-    reachable, message, served = _remote_health(target.remote_endpoints, target)
+    reachable, message, served = _remote_health(target.remote_endpoints, target,
+                                                st.session_state.get(REMOTE_RUNS_KEY, 0))
     st.markdown(f"**Endpoint:** {label}")
     if reachable:
         st.success(message.capitalize(), icon=":material/check_circle:")
