@@ -578,8 +578,13 @@ class RemoteBackend:
         started = time.perf_counter()
         spec, image, _ = self._wire(request)
         events, answer, state = self.client.stream(spec, image, use_remote=self.use_remote)
-        handle = _RemoteStreamHandle(started, state, answer, events)
-        return handle.pieces(), handle, None
+        timings = parse_server_timing(answer.headers.get("server-timing"))
+        load_ms = timings.get("load")
+        if load_ms is not None:
+            # The server loaded the model before it started streaming: load_ms, never latency or TTFT.
+            started = min(time.perf_counter(), started + load_ms / 1000)
+        handle = _RemoteStreamHandle(started, state, answer, events, queue_ms=timings.get("queue", 0.0))
+        return handle.pieces(), handle, load_ms
 
     def info(self) -> dict[str, Any]:
         """Device and classes of the model as the endpoint reports them (``GET /models``), when it does."""
@@ -616,8 +621,9 @@ class _RemoteStreamHandle:
     """The stream handle ``Model.stream`` expects: started_at, cancel(), details and extra fields."""
 
     def __init__(self, started_at: float, state: _CallState, answer: RemoteAnswer,
-                 events: Generator[dict[str, Any], None, None]) -> None:
+                 events: Generator[dict[str, Any], None, None], *, queue_ms: float = 0.0) -> None:
         self.started_at, self.state, self.answer, self.events = started_at, state, answer, events
+        self.queue_ms = queue_ms
         self.details: dict[str, Any] = {}
         self.fields: dict[str, Any] = {}
 
@@ -635,7 +641,8 @@ class _RemoteStreamHandle:
         total_ms = (time.perf_counter() - self.started_at) * 1000
         self.fields = {"attempts": self.answer.attempts, "bytes_sent": self.answer.bytes_sent}
         if server_ms is not None:
-            self.fields.update(server_ms=server_ms, network_ms=max(0.0, total_ms - server_ms))
+            server_ms += self.queue_ms  # as for answers in one piece: time in the server, queue included
+            self.fields.update(server_ms=server_ms, network_ms=max(0.0, total_ms - server_ms), queue_ms=self.queue_ms)
 
     def cancel(self) -> None:
         self.state.cancelled = True

@@ -55,6 +55,8 @@ __all__ = ["ServedModel", "create_app", "default_models", "main"]
 
 log = logging.getLogger("inference.server")
 
+#: Getting a ready model takes microseconds; a request that took this long waited for a load.
+READY_MS = 1.0
 #: Default request body limit; the app's upload limit (.streamlit/config.toml) matches it.
 MAX_BODY_BYTES = 20 * 1024 * 1024
 
@@ -239,27 +241,48 @@ class InferenceService:
         assert served is not None
         return self.handle(served, spec.task)
 
-    def predict(self, served: ServedModel | None, spec: Spec, request: InferenceRequest, use_remote: bool) -> Result:
-        """Run the request here, or forward it to this server's remote endpoint (gateway mode)."""
-        return self.model_for(served, spec, use_remote).run(request)
+    def ready_model(self, served: ServedModel | None, spec: Spec, use_remote: bool) -> tuple[Model, float | None]:
+        """``model_for``, and how long this request waited for the model to load (its own load or another's).
+
+        A model loading at startup or for another request holds this one up; that wait is reported as
+        ``load`` (never as inference or network time), once, by the request that waited.
+        """
+        started = time.perf_counter()
+        model = self.model_for(served, spec, use_remote)
+        model.take_load_ms()  # included in the wait measured here
+        waited_ms = (time.perf_counter() - started) * 1000
+        return model, (waited_ms if waited_ms >= READY_MS else None)
+
+    def predict(self, served: ServedModel | None, spec: Spec, request: InferenceRequest, use_remote: bool
+                ) -> tuple[Result, float | None]:
+        """Run the request here, or forward it to this server's remote endpoint (gateway mode).
+
+        Returns the result and the time spent waiting for the model (see ``ready_model``).
+        """
+        model, load_ms = self.ready_model(served, spec, use_remote)
+        return model.run(request), load_ms
 
     # ------------------------------------------------------------------ encode
 
     @staticmethod
-    def encode_response(result: Result, queue_ms: float) -> JSONResponse:
+    def encode_response(result: Result, queue_ms: float, load_ms: float | None) -> JSONResponse:
         """The protocol's JSON body with X-Inference-Source and Server-Timing."""
         if isinstance(result, DetectionResult):
             body: Any = result.to_dict()["detections"]
         else:
             body = {"generated_text": result.text, "details": result.details}
-        return JSONResponse(body, headers=_result_headers(result, queue_ms))
+        # A gateway's upstream may have loaded too: both are time spent getting a model ready.
+        loads = [value for value in (load_ms, result.timings.load_ms) if value is not None]
+        return JSONResponse(body, headers={
+            "X-Inference-Source": result.source,
+            "Server-Timing": _server_timing(inference=result.timings.total_ms, queue=queue_ms,
+                                            load=sum(loads) if loads else None),
+        })
 
 
-def _result_headers(result: Result, queue_ms: float) -> dict[str, str]:
-    timing = [f"inference;dur={result.timings.total_ms:.1f}", f"queue;dur={queue_ms:.1f}"]
-    if result.timings.load_ms is not None:
-        timing.append(f"load;dur={result.timings.load_ms:.1f}")
-    return {"X-Inference-Source": result.source, "Server-Timing": ", ".join(timing)}
+def _server_timing(**durations: float | None) -> str:
+    """``Server-Timing``: ``inference;dur=12.5, queue;dur=0.3, load;dur=2100.0`` (None left out)."""
+    return ", ".join(f"{name};dur={value:.1f}" for name, value in durations.items() if value is not None)
 
 
 def _status_of(exc: InferenceError) -> int:
@@ -412,14 +435,14 @@ def create_app(
                                                       queue_ms)
                     handed_over = True  # the event stream releases the gate when it ends
                     return response
-                result = await run_in_threadpool(service.predict, served_model, spec, validated, use_remote)
+                result, load_ms = await run_in_threadpool(service.predict, served_model, spec, validated, use_remote)
             finally:
                 if not handed_over:
                     gate.gate.release()
         finally:
             if not handed_over:
                 gate.in_flight -= 1
-        return service.encode_response(result, queue_ms)
+        return service.encode_response(result, queue_ms, load_ms)
 
     return app
 
@@ -443,7 +466,7 @@ async def _stream_response(service: InferenceService, gate: ServedModel, served:
 
     The caller holds ``gate`` for this request; the event stream releases it when it ends.
     """
-    model = await run_in_threadpool(service.model_for, served, spec, use_remote)
+    model, load_ms = await run_in_threadpool(service.ready_model, served, spec, use_remote)
     stream = await run_in_threadpool(model.run_stream, request)
 
     async def events() -> AsyncIterator[bytes]:
@@ -460,7 +483,7 @@ async def _stream_response(service: InferenceService, gate: ServedModel, served:
             gate.gate.release()
             gate.in_flight -= 1
 
-    headers = {"X-Inference-Source": model.backend, "Server-Timing": f"queue;dur={queue_ms:.1f}",
+    headers = {"X-Inference-Source": model.backend, "Server-Timing": _server_timing(queue=queue_ms, load=load_ms),
                "Cache-Control": "no-cache"}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 

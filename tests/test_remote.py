@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -221,3 +222,29 @@ def test_exif_rotated_photo_gives_the_same_boxes_locally_and_remotely(demo_dir, 
     assert here.image_size == there.image_size == (200, 320)
     assert there.class_names == here.class_names
     np.testing.assert_allclose(there.detections.xyxy, here.detections.xyxy, atol=0.006)
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "in-one-piece"])
+def test_a_load_on_the_server_is_load_ms_not_latency(demo_dir, streamed):
+    # A server that loads on first request (no preload): that request reports the load once, as load_ms;
+    # total, TTFT and network time leave it out, and the next request reports none.
+    app = create_app({"tg": demo_dir["text-generation"]}, settings=Settings(), preload=False)
+    with serve(app) as url, Engine(Settings(remote_enabled=True, remote_endpoints=(f"{url}/inference",))) as engine:
+        gen = load_model("tg", task="text-generation", backend="remote", engine=engine)
+        results = []
+        for _ in range(2):
+            started = time.perf_counter()
+            if streamed:
+                stream = gen.stream("hello", max_new_tokens=4)
+                "".join(stream)
+                result = stream.result
+            else:
+                result = gen("hello", max_new_tokens=4)
+            results.append((result.timings, (time.perf_counter() - started) * 1000))
+    (first, first_wall), (second, _) = results
+    assert first.load_ms is not None and first.load_ms > 0
+    assert first.total_ms <= first_wall - first.load_ms + 50  # the load is not in the latency
+    assert first.network_ms is not None and first.network_ms < first.load_ms
+    if streamed:
+        assert first.ttft_ms is not None and first.ttft_ms <= first.total_ms
+    assert second.load_ms is None
