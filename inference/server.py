@@ -247,6 +247,8 @@ class InferenceService:
         A model loading at startup or for another request holds this one up; that wait is reported as
         ``load`` (never as inference or network time), once, by the request that waited.
         """
+        if use_remote:
+            return self.model_for(served, spec, use_remote), None  # the upstream reports its own loads
         started = time.perf_counter()
         model = self.model_for(served, spec, use_remote)
         model.take_load_ms()  # included in the wait measured here
