@@ -206,6 +206,7 @@ class RemoteClient:
             raise InvalidInput("no remote endpoint configured: set REMOTE_INFERENCE_ENDPOINT")
         self.settings = settings
         self.endpoints = settings.remote_endpoints
+        self._hosts = tuple(endpoint_host(url) for url in self.endpoints)  # what errors and logs name
         self.max_attempts = max_attempts
         self._http = http_client
         self._preferred = 0  # the endpoint that answered last; failover starts there
@@ -213,7 +214,7 @@ class RemoteClient:
         self._models: tuple[float, list[dict[str, Any]] | None] = (0.0, None)
 
     def __repr__(self) -> str:
-        hosts = ", ".join(endpoint_host(url) for url in self.endpoints)
+        hosts = ", ".join(self._hosts)
         return f"<RemoteClient {hosts} token={'set' if self._token else 'unset'}>"
 
     # ------------------------------------------------------------------ public calls
@@ -346,7 +347,7 @@ class RemoteClient:
         for position in range(count):
             index = (self._preferred + position) % count
             url = self.endpoints[index]
-            state.endpoint = endpoint_host(url)
+            state.endpoint = self._hosts[index]
             remaining = max(0.001, state.remaining())
             # The deadline transport ends every read and write at the deadline; these bound any other transport.
             request = self._http.build_request(
@@ -417,12 +418,12 @@ class RemoteClient:
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         failure: Exception | None = None
-        for url in self.endpoints:
+        for url, host in zip(self.endpoints, self._hosts, strict=True):
             target = httpx.URL(url).join(path)
             try:
                 response = self._http.get(target, headers=headers, timeout=STATUS_TIMEOUT)
             except httpx.TransportError as exc:
-                failure = self._transport_error(exc, _CallState(deadline=math.inf, endpoint=endpoint_host(url)))
+                failure = self._transport_error(exc, _CallState(deadline=math.inf, endpoint=host))
                 continue
             if response.status_code >= 400:
                 failure = self._status_error(response, response.content)
@@ -437,7 +438,7 @@ class RemoteClient:
     # ------------------------------------------------------------------ error mapping (the one place)
 
     def _transport_error(self, exc: httpx.TransportError, state: _CallState, *, streaming: bool = False) -> InferenceError:
-        host = state.endpoint or ", ".join(endpoint_host(url) for url in self.endpoints)
+        host = state.endpoint or ", ".join(self._hosts)
         tried = f" after {state.attempts} attempt{'s' if state.attempts != 1 else ''}" if state.attempts else ""
         if isinstance(exc, httpx.TimeoutException) and state.remaining() <= DEADLINE_SLACK:
             return self._timeout(state, streaming=streaming)
