@@ -3,7 +3,9 @@
     python -m inference.demo_models ./demo-models
 
 writes ``./demo-models/<task>/`` for text-generation, image-to-text, image-text-to-text and
-object-detection. Each is a real transformers model (Llama, BLIP, LLaVA, YOLOS) with a tokenizer
+object-detection (without a directory: the default one, ``INFERENCE_DEMO_MODELS_DIR`` or
+``~/.cache/inference-studio/demo-models``). Models in the default directory have short names everywhere a
+person sees them: ``load_model("demo/object-detection", task="object-detection")``. Each is a real transformers model (Llama, BLIP, LLaVA, YOLOS) with a tokenizer
 trained here with ``tokenizers`` and image processors built in code, so every loading and inference
 code path runs for real; only the weights are random, so the outputs are nonsense.
 """
@@ -13,15 +15,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["DEMO_MARKER", "DEMO_TASKS", "build_demo_models", "hub_reachable", "is_cached", "is_demo_model"]
+__all__ = [
+    "DEMO_MARKER",
+    "DEMO_PREFIX",
+    "DEMO_TASKS",
+    "build_demo_models",
+    "default_demo_dir",
+    "demo_name",
+    "hub_reachable",
+    "is_cached",
+    "is_demo_model",
+    "resolve_demo",
+]
 
 #: File written into every demo model directory; the app uses it to label outputs as random.
 DEMO_MARKER = "inference_studio_demo.json"
 DEMO_TASKS = ("text-generation", "image-to-text", "image-text-to-text", "object-detection")
+#: Short names of the demo models in the default directory: ``demo/<task>``. They never show a path (which
+#: would tell a share link's recipient the host's home directory).
+DEMO_PREFIX = "demo/"
 #: Detector classes (a COCO subset, so the annotated output looks familiar).
 DEMO_CLASSES = ("person", "bicycle", "car", "dog", "cat", "cup", "bottle", "chair")
 
@@ -165,6 +182,8 @@ def build_demo_models(directory: str | Path, tasks: tuple[str, ...] = DEMO_TASKS
     import torch
     from transformers.utils import logging as hf_logging
 
+    from .local import MODEL_BUILD_LOCK
+
     directory = Path(directory).expanduser()
     directory.mkdir(parents=True, exist_ok=True)
     built: dict[str, Path] = {}
@@ -178,9 +197,10 @@ def build_demo_models(directory: str | Path, tasks: tuple[str, ...] = DEMO_TASKS
             if not force and is_demo_model(out):
                 continue
             tokenizer = tokenizer or _tokenizer()
-            torch.manual_seed(_SEED)
             out.mkdir(parents=True, exist_ok=True)
-            _BUILDERS[task](out, tokenizer)
+            with MODEL_BUILD_LOCK:  # building a model is not safe beside a load in another thread
+                torch.manual_seed(_SEED)
+                _BUILDERS[task](out, tokenizer)
             # Written last: a directory with the marker is complete.
             (out / DEMO_MARKER).write_text(json.dumps({
                 "task": task, "random_weights": True,
@@ -193,15 +213,33 @@ def build_demo_models(directory: str | Path, tasks: tuple[str, ...] = DEMO_TASKS
     return built
 
 
-def is_demo_model(path: str | Path) -> bool:
-    """True when ``path`` is a complete demo model directory (outputs from it are random)."""
-    return (Path(path).expanduser() / DEMO_MARKER).is_file()
+def default_demo_dir() -> Path:
+    """Where demo models live by default: ``INFERENCE_DEMO_MODELS_DIR``, else ``~/.cache/inference-studio/demo-models``."""
+    configured = os.environ.get("INFERENCE_DEMO_MODELS_DIR", "").strip()
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "inference-studio" / "demo-models"
+
+
+def demo_name(task: str) -> str:
+    """The short name of ``task``'s demo model: ``"demo/object-detection"``."""
+    return DEMO_PREFIX + task
+
+
+def resolve_demo(model_id: str) -> Path | None:
+    """The directory behind a demo name (``"demo/<task>"``, in ``default_demo_dir()``); None for any other id."""
+    if not isinstance(model_id, str) or not model_id.startswith(DEMO_PREFIX):
+        return None
+    task = model_id.removeprefix(DEMO_PREFIX)
+    return default_demo_dir() / task if task in DEMO_TASKS else None
+
+
+def is_demo_model(model_id: str | Path) -> bool:
+    """True when ``model_id`` (a demo name or a directory) is a complete demo model (its outputs are random)."""
+    path = resolve_demo(str(model_id)) or Path(model_id).expanduser()
+    return (path / DEMO_MARKER).is_file()
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether models can be downloaded from the Hugging Face Hub right now (False when HF_HUB_OFFLINE is set)."""
-    import os
-
     import httpx
 
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
@@ -225,17 +263,20 @@ def is_cached(model_id: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.demo_models", description=__doc__.split("\n\n")[0])
-    parser.add_argument("directory", help="where to write <task>/ model directories")
+    parser.add_argument("directory", nargs="?", help="where to write <task>/ model directories "
+                        "(default: INFERENCE_DEMO_MODELS_DIR or ~/.cache/inference-studio/demo-models)")
     parser.add_argument("--task", action="append", choices=DEMO_TASKS, help="build only this task (repeatable)")
     parser.add_argument("--force", action="store_true", help="rebuild models that already exist")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
-    built = build_demo_models(args.directory, tuple(args.task or DEMO_TASKS), force=args.force)
+    directory = Path(args.directory).expanduser() if args.directory else default_demo_dir()
+    built = build_demo_models(directory, tuple(args.task or DEMO_TASKS), force=args.force)
     for task, path in built.items():
         print(f"{task:20s} {path}")
-    print(f"built in {time.perf_counter() - started:.1f} s; load one with "
-          f"load_model({str(next(iter(built.values())))!r}, task={next(iter(built))!r})")
+    task = next(iter(built))
+    name = demo_name(task) if directory.resolve() == default_demo_dir().resolve() else str(built[task])
+    print(f"built in {time.perf_counter() - started:.1f} s; load one with load_model({name!r}, task={task!r})")
     return 0
 
 

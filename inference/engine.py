@@ -76,9 +76,8 @@ class Engine:
         Raises:
             ModelLoadError: the model cannot be loaded (the error is not cached: a later call retries).
         """
-        device = resolve_device(device or self.settings.device)
-        dtype = resolve_dtype(dtype or self.settings.dtype, device)
-        key: CacheKey = (source, spec.family, device, dtype)
+        key = self._key(source, spec, device, dtype)
+        _, _, device, dtype = key
         with self._lock:
             entry = self._models.get(key)
             if entry is not None:
@@ -116,6 +115,16 @@ class Engine:
         if evicted:
             self._release(evicted)
         return loaded, load_ms
+
+    def is_loaded(self, source: str, spec: TaskSpec, device: str | None = None, dtype: str | None = None) -> bool:
+        """Whether ``get`` would return at once (the model is in the cache, not loading)."""
+        key = self._key(source, spec, device, dtype)
+        with self._lock:
+            return key in self._models
+
+    def _key(self, source: str, spec: TaskSpec, device: str | None, dtype: str | None) -> CacheKey:
+        device = resolve_device(device or self.settings.device)
+        return (source, spec.family, device, resolve_dtype(dtype or self.settings.dtype, device))
 
     def budget_bytes(self) -> int:
         """The memory budget for all loaded models together."""

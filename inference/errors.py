@@ -24,13 +24,15 @@ __all__ = [
 class InferenceError(Exception):
     """Base class of every error this package raises on purpose."""
 
-    #: A stable machine-readable code, used as ``error.code`` on the wire.
+    #: A stable machine-readable code, used as ``error.code`` on the wire (``wire.ERRORS`` maps it to a status).
     code = "inference_error"
 
-    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+    def __init__(self, message: str = "", *, code: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code  # a finer cause, e.g. "image_too_large" for an InvalidInput
+        #: Seconds the endpoint asked us to wait before trying again (its ``Retry-After``), when it said.
+        self.retry_after = retry_after
 
 
 class InvalidInput(InferenceError, ValueError):
@@ -48,7 +50,7 @@ class UnsupportedTask(InvalidInput):
 class ModelLoadError(InferenceError):
     """A model could not be loaded: not found, not reachable offline, or wrong for the task."""
 
-    code = "model_load_error"
+    code = "model_load_failed"
 
 
 class RemoteNotConfigured(InferenceError):
@@ -79,10 +81,6 @@ class RateLimited(InferenceError):
     """The remote endpoint is busy and asked us to come back later."""
 
     code = "rate_limited"
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class BadResponse(InferenceError):

@@ -17,13 +17,15 @@ from .errors import InvalidInput
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["ImageData", "ImageInput", "encode_image", "load_image"]
+__all__ = ["WIRE_FORMATS", "ImageData", "ImageInput", "encode_image", "load_image"]
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, io.IOBase, Image.Image, "np.ndarray"]
 
-#: Formats we decode. The wire protocol allows JPEG, PNG and WebP; local callers also get BMP, GIF and TIFF.
 _ORIENTATION = 0x0112  # the EXIF tag
+#: Formats we decode for local callers.
 _FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+#: Formats the wire protocol carries: what the server accepts (others are re-encoded before upload).
+WIRE_FORMATS = ("JPEG", "PNG", "WEBP")
 
 
 def load_image(source: Any, *, max_pixels: int = 40_000_000) -> Image.Image:
@@ -58,7 +60,8 @@ class ImageData:
     when the wire protocol allows their format and they need no downscaling (a remote run does not).
     """
 
-    def __init__(self, source: Any, *, max_pixels: int = 40_000_000) -> None:
+    def __init__(self, source: Any, *, max_pixels: int = 40_000_000, formats: tuple[str, ...] = _FORMATS) -> None:
+        """Check ``source``; ``formats`` are the encoded formats accepted (the server passes ``WIRE_FORMATS``)."""
         self.max_pixels = max_pixels
         self.raw: bytes | None = None
         self._image: Image.Image | None = None
@@ -87,6 +90,10 @@ class ImageData:
         except Exception as exc:  # a damaged header (any Pillow error): the image is bad
             raise InvalidInput(f"{self.origin} is damaged or truncated and cannot be decoded ({exc})",
                                code="unsupported_media_type") from None
+        if header.format not in formats:
+            names = ", ".join("WebP" if name == "WEBP" else name for name in formats)
+            raise InvalidInput(f"{self.origin} is a {header.format} image, which is not accepted here: send {names}",
+                               code="unsupported_media_type")
         self.format = header.format
         width, height = header.size
         # EXIF orientations 5-8 turn the picture a quarter: as people see it, width and height swap.

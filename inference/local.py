@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InferenceError, InvalidInput, ModelLoadError
-from .tasks import TaskSpec
+from .tasks import TaskSpec, ignored_image
 
 if TYPE_CHECKING:
     import supervision as sv
@@ -81,6 +81,13 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 # --------------------------------------------------------------------------- loading
 
+#: One model is built at a time in a process. NOTE: transformers keeps process-wide state while
+#: ``from_pretrained`` builds a model (meta-device construction, the switch that skips weight init), so two
+#: loads at once in different threads corrupt each other: parameters missing from one checkpoint stay on the
+#: meta device ("Cannot copy out of meta tensor; no data!"). Loads of the same model are single-flight in the
+#: engine already; this lock serializes loads of different ones (demo-model builds take it too).
+MODEL_BUILD_LOCK = threading.Lock()
+
 
 def _load(source: str, spec: TaskSpec, auto_model: str, device: str, dtype: str, load_processor) -> LoadedModel:
     """Load config, model and processor of ``source`` for ``spec``, mapping every failure to ``ModelLoadError``."""
@@ -99,7 +106,8 @@ def _load(source: str, spec: TaskSpec, auto_model: str, device: str, dtype: str,
         # accelerate places the layers, spilling to CPU when the GPU is too small.
         kwargs["device_map"] = "auto"
     try:
-        model = model_class.from_pretrained(location, **kwargs)
+        with MODEL_BUILD_LOCK:
+            model = model_class.from_pretrained(location, **kwargs)
         processor = load_processor(location)
     except InferenceError:
         raise
@@ -149,7 +157,15 @@ def _load_config(source: str, spec: TaskSpec | None) -> tuple[Any, str]:
     )
     from transformers import AutoConfig
 
-    path = Path(source).expanduser()
+    from .demo_models import resolve_demo
+
+    demo = resolve_demo(source)
+    if demo is not None and not (demo / "config.json").is_file():
+        raise ModelLoadError(
+            f"demo model {source!r} is not built on this machine: build the demo models with "
+            "`python -m inference.demo_models` (the app builds them by itself when the hub is out of reach)"
+        )
+    path = demo or Path(source).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(
@@ -331,7 +347,10 @@ class _Generation:
             if not finished:
                 # The reader stopped early (closed stream, Streamlit rerun): stop generating too.
                 self.cancel()
-            thread.join()
+            # NOTE: an abandoned generator is finalized by whichever thread the garbage collector runs in,
+            # possibly generate()'s own, which cannot wait for itself (it ends within a token of the cancel).
+            if thread is not threading.current_thread():
+                thread.join()
         if failure:
             raise _map_runtime_error(failure[0]) from failure[0]
         self.details = self._details(output[0][0])
@@ -357,6 +376,13 @@ def _map_runtime_error(exc: BaseException) -> BaseException:
         return InferenceError(
             "the device ran out of memory running this request: lower max_new_tokens, use a smaller image or "
             "model, or unload other models"
+        )
+    if isinstance(exc, RuntimeError) and "probability tensor contains" in str(exc):
+        # Sampling settings that turn the model's scores into infinities (the parameter checks catch the
+        # usual ones; a model's own extreme logits can still get here): the caller's values, not a crash.
+        return InvalidInput(
+            "these sampling settings give the model no valid probabilities to sample from: raise temperature, "
+            "raise repetition_penalty towards 1, or use greedy decoding (temperature 0)"
         )
     return exc
 
@@ -533,16 +559,22 @@ class LocalBackend:
                 raise
             raise mapped from exc
         total_ms = (time.perf_counter() - started) * 1000
-        return output, {"total_ms": total_ms, "load_ms": load_ms, **timings, **fields}
+        return output, {"total_ms": total_ms, "load_ms": load_ms, **timings, **fields, **self._warnings(request)}
 
     def stream(self, request) -> tuple[Iterator[str], Any, float | None]:
         """Start generating; returns (pieces, handle, load_ms).
 
-        The handle has ``started_at``, ``cancel()`` and, once the pieces are exhausted, ``details``.
+        The handle has ``started_at``, ``cancel()``, ``fields`` and, once the pieces are exhausted, ``details``.
         """
         loaded, load_ms = self.load()
         generation = RUNNERS[self.spec.family].prepare(loaded, request.prompt, request.image, request.parameters)
+        generation.fields = self._warnings(request)
         return generation.start(), generation, load_ms
+
+    def _warnings(self, request) -> dict[str, Any]:
+        if request.image_data is not None and self.spec.image == "none":
+            return {"warnings": (ignored_image(self.source, self.spec.name),)}
+        return {}
 
     def info(self) -> dict[str, Any]:
         """Facts about the loaded model for ``ModelInfo``."""

@@ -34,35 +34,55 @@ class Request:
 
 
 def make_request(spec: TaskSpec, inputs: Any, prompt: str | None, parameters: dict[str, Any] | None, *,
-                 max_pixels: int) -> Request:
+                 image: Any = None, max_pixels: int, formats: tuple[str, ...] | None = None) -> Request:
     """Validate one call's inputs for ``spec``: the same checks for the Python API and the server.
 
-    ``inputs`` is the prompt for text-generation and the image for image tasks.
+    ``inputs`` is the prompt for text-generation and the image for image tasks. ``image`` is the image of a
+    text task (the protocol allows one: a text-only model runs the text and says the image was not used), or
+    the image of an image task passed by name. ``formats`` limits the encoded formats accepted (the server
+    takes what the wire carries).
 
     Raises:
         InvalidInput: what is wrong and how to fix it.
     """
     params = validate_parameters(spec, parameters)
-    image = None
+    checks = {"max_pixels": max_pixels} if formats is None else {"max_pixels": max_pixels, "formats": formats}
+    image_data = None
     if spec.image == "required":
+        if image is not None:
+            if inputs is not None:
+                raise InvalidInput("pass the image once: either as the first argument or as image=")
+            inputs = image
         if inputs is None:
             raise InvalidInput(f"{spec.name} needs an image: pass a path, PIL.Image, numpy RGB array or bytes")
-        image = ImageData(inputs, max_pixels=max_pixels)
-    elif inputs is not None:
-        if prompt is not None:
-            raise InvalidInput("pass the prompt once: either as the first argument or as prompt=")
-        prompt = inputs
+        image_data = ImageData(inputs, **checks)
+    else:
+        if inputs is not None:
+            if prompt is not None:
+                raise InvalidInput("pass the prompt once: either as the first argument or as prompt=")
+            prompt = inputs
+        if image is not None:
+            image_data = ImageData(image, **checks)
     if spec.prompt == "none":
         if prompt is not None:
             raise InvalidInput(f"{spec.name} takes no prompt: leave it out")
     elif prompt is not None or spec.prompt == "required":
         if not isinstance(prompt, str):
             raise InvalidInput(f"the prompt must be text, got {type(prompt).__name__}")
+        _check_unicode(prompt)
         if not prompt.strip():
             if spec.prompt == "required":
                 raise InvalidInput(f"the prompt is empty: {spec.name} needs some text to start from")
             prompt = None  # an empty optional prompt means "no prompt" (plain captioning)
-    return Request(spec=spec, prompt=prompt, image_data=image, parameters=params)
+    return Request(spec=spec, prompt=prompt, image_data=image_data, parameters=params)
+
+
+def _check_unicode(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800" in JSON): no tokenizer or UTF-8 writer takes it
+        raise InvalidInput(f"the prompt is not valid Unicode: it holds a lone surrogate at character {exc.start}; "
+                           "send UTF-8 text") from None
 
 
 def load_model(
@@ -186,13 +206,16 @@ class Model:
             )
         return self._info
 
-    def __call__(self, inputs: Any = None, /, *, prompt: str | None = None, **parameters: Any) -> Result:
+    def __call__(self, inputs: Any = None, /, *, prompt: str | None = None, image: Any = None,
+                 **parameters: Any) -> Result:
         """Run the model once.
 
         Args:
             inputs: the prompt for text-generation; the image (path, PIL.Image, numpy RGB array or bytes)
                 for image tasks.
             prompt: the question for image-to-text / image-text-to-text (optional there).
+            image: an image for text-generation: a remote vision-language model answers about it; a text-only
+                model runs the text, and the result's ``warnings`` say the image was not used.
             parameters: task parameters, e.g. ``max_new_tokens=32`` or ``threshold=0.5``.
 
         Returns:
@@ -201,11 +224,12 @@ class Model:
         Raises:
             InvalidInput: a bad image, prompt or parameter; the message says which and why.
         """
-        request = self._request(inputs, prompt, parameters)
+        request = self._request(inputs, prompt, image, parameters)
         output, fields = self._backend.run(request)
         return self._result(output, fields)
 
-    def stream(self, inputs: Any = None, /, *, prompt: str | None = None, **parameters: Any) -> TextStream:
+    def stream(self, inputs: Any = None, /, *, prompt: str | None = None, image: Any = None,
+               **parameters: Any) -> TextStream:
         """Generate text piece by piece; ``stream.result`` holds the full result with TTFT once done.
 
         Example:
@@ -214,7 +238,7 @@ class Model:
         """
         if self.spec.output != "text":
             raise InvalidInput(f"{self.spec.name} has no text to stream: call the model instead")
-        return self.run_stream(self._request(inputs, prompt, parameters))
+        return self.run_stream(self._request(inputs, prompt, image, parameters))
 
     def run_stream(self, request: Request) -> TextStream:
         """Stream an already validated ``Request`` (what the reference server does)."""
@@ -239,8 +263,9 @@ class Model:
 
     # ------------------------------------------------------------------ helpers
 
-    def _request(self, inputs: Any, prompt: str | None, parameters: dict[str, Any]) -> Request:
-        return make_request(self.spec, inputs, prompt, parameters, max_pixels=self.settings.max_image_pixels)
+    def _request(self, inputs: Any, prompt: str | None, image: Any, parameters: dict[str, Any]) -> Request:
+        return make_request(self.spec, inputs, prompt, parameters, image=image,
+                            max_pixels=self.settings.max_image_pixels)
 
     def run(self, request: Request) -> Result:
         """Run an already validated ``Request`` (what the reference server does)."""

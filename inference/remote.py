@@ -18,7 +18,7 @@ import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -28,24 +28,30 @@ import httpcore
 import httpx
 
 from .errors import (
-    AuthenticationError,
     BadResponse,
     InferenceError,
     InferenceTimeout,
     InvalidInput,
-    ModelLoadError,
-    RateLimited,
     RemoteUnavailable,
 )
 from .settings import Settings
 from .tasks import TaskSpec
-from .wire import Payload, Spec, dumps, parse_detections, parse_error, parse_server_timing, parse_text
+from .wire import (
+    ERRORS,
+    Payload,
+    Spec,
+    code_of_answer,
+    dumps,
+    parse_detections,
+    parse_error,
+    parse_server_timing,
+    parse_text,
+)
 
 __all__ = ["RemoteBackend", "RemoteClient", "deadline_transport", "endpoint_host"]
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 #: Connecting should be quick; a slow connect means the host is gone.
 CONNECT_TIMEOUT = 10.0
 #: Time a status call (/health, /models) may take: these feed a sidebar, not a result.
@@ -56,12 +62,16 @@ MODELS_MAX_AGE = 30.0
 WAIT_INITIAL, WAIT_MAX, WAIT_JITTER = 0.1, 2.0, 0.1
 #: A timeout this close to the deadline is the deadline (socket timeouts wake on a millisecond clock).
 DEADLINE_SLACK = 0.01
+#: How much of an error answer is read: enough for the protocol's JSON error, or an excerpt of anything else.
+ERROR_BODY_BYTES = 64 * 1024
 
 
 # --------------------------------------------------------------------------- the deadline transport
 
 #: The monotonic time the current thread's call must end by (None: no deadline, plain httpx timeouts).
 _DEADLINE: ContextVar[float | None] = ContextVar("inference_remote_deadline", default=None)
+#: The call running in this thread, told by the transport when it opens a connection (see ``_Connections``).
+_CONNECTIONS: ContextVar[_Connections | None] = ContextVar("inference_remote_connections", default=None)
 
 
 @contextmanager
@@ -71,6 +81,26 @@ def _deadline(at: float) -> Iterator[None]:
         yield
     finally:
         _DEADLINE.reset(token)
+
+
+class _Connections:
+    """What one call did on the deadline transport's sockets: connections opened, and whether it wrote at all.
+
+    A request that failed before its answer, written on a connection it did not open, was sent on a kept-alive
+    one. (Other transports tell us nothing: ``used`` stays False and no such failure is retried.)
+    """
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self.used = False
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        token = _CONNECTIONS.set(self)
+        try:
+            yield
+        finally:
+            _CONNECTIONS.reset(token)
 
 
 def _bounded(timeout: float | None, error: type[Exception]) -> float | None:
@@ -92,6 +122,8 @@ class _DeadlineStream(httpcore.NetworkStream):
         return self._stream.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if (connections := _CONNECTIONS.get()) is not None:
+            connections.used = True
         self._stream.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
 
     def close(self) -> None:
@@ -113,10 +145,14 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                     socket_options=None) -> httpcore.NetworkStream:
+        if (connections := _CONNECTIONS.get()) is not None:
+            connections.opened += 1
         return _DeadlineStream(self._backend.connect_tcp(host, port, _bounded(timeout, httpcore.ConnectTimeout),
                                                          local_address, socket_options))
 
     def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options=None) -> httpcore.NetworkStream:
+        if (connections := _CONNECTIONS.get()) is not None:
+            connections.opened += 1
         return _DeadlineStream(self._backend.connect_unix_socket(path, _bounded(timeout, httpcore.ConnectTimeout),
                                                                  socket_options))
 
@@ -138,6 +174,24 @@ def deadline_transport(**options: Any) -> httpx.HTTPTransport:
     return transport
 
 
+class _BoundedStream(httpx.SyncByteStream):
+    """A response's byte stream that raises ``too_large()`` once more than ``limit`` bytes came through it."""
+
+    def __init__(self, stream: httpx.SyncByteStream, limit: int, too_large) -> None:
+        self.stream, self.limit, self.too_large = stream, limit, too_large
+
+    def __iter__(self) -> Iterator[bytes]:
+        size = 0
+        for chunk in self.stream:
+            size += len(chunk)
+            if size > self.limit:
+                raise self.too_large()
+            yield chunk
+
+    def close(self) -> None:
+        self.stream.close()
+
+
 def endpoint_host(url: str) -> str:
     """``"https://gpu-box:8000/inference"`` → ``"gpu-box:8000"``: what we show and log of an endpoint."""
     parts = urlsplit(url)
@@ -145,13 +199,25 @@ def endpoint_host(url: str) -> str:
 
 
 class _StatusFailure(Exception):
-    """A 408/429/5xx answer: retried when ``retryable`` (408/429/502/503/504), else mapped as it is."""
+    """A 408/429/5xx answer: retried when its code's ``wire.ERRORS`` entry says so, else mapped as it is."""
 
     def __init__(self, response: httpx.Response, body: bytes) -> None:
         super().__init__(f"HTTP {response.status_code}")
         self.response, self.body = response, body
-        self.retryable = response.status_code in RETRY_STATUSES
+        code = code_of_answer(response.status_code, _body_code(body))
+        self.retryable = code is not None and ERRORS[code].retry
         self.retry_after = _retry_after(response)
+
+
+class _ReusedConnectionLost(Exception):
+    """A kept-alive connection the server had closed: the request failed before any answer, and is sent again.
+
+    (A server closes idle connections, and closes after an error answer; the pool may hand one out just then.)
+    """
+
+    def __init__(self, error: httpx.TransportError) -> None:
+        super().__init__(type(error).__name__)
+        self.error = error
 
 
 @dataclass
@@ -164,6 +230,8 @@ class _CallState:
     bytes_sent: int = 0
     endpoint: str = ""
     cancelled: bool = False  # a stream's reader stopped (set from any thread)
+
+    connections: _Connections = field(default_factory=_Connections)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -219,6 +287,19 @@ class RemoteClient:
 
     # ------------------------------------------------------------------ public calls
 
+    @contextmanager
+    def call_deadline(self) -> Iterator[float]:
+        """The deadline of one call: ``REMOTE_INFERENCE_TIMEOUT`` from now, or that of the call already running in
+        this thread. Everything a call does (its model-list look-up, retries, the body) counts against it.
+        """
+        current = _DEADLINE.get()
+        if current is not None:
+            yield current
+            return
+        at = time.monotonic() + self.settings.remote_timeout
+        with _deadline(at):
+            yield at
+
     def infer(self, spec: Spec, image: tuple[bytes, str] | None = None, *, use_remote: bool = False) -> RemoteAnswer:
         """POST one request and return its parsed JSON answer.
 
@@ -226,8 +307,8 @@ class RemoteClient:
             InferenceTimeout, RemoteUnavailable, AuthenticationError, RateLimited, ModelLoadError,
             InvalidInput (the server refused the request), BadResponse.
         """
-        state = _CallState(deadline=time.monotonic() + self.settings.remote_timeout)
-        with _deadline(state.deadline):
+        with self.call_deadline() as deadline:
+            state = _CallState(deadline=deadline)
             response, body = self._call(self._parts(spec, image, use_remote, stream=False), state)
         try:
             data = json.loads(body) if body else None
@@ -242,8 +323,8 @@ class RemoteClient:
         Each event is the parsed JSON of one ``data:`` line. Closing the iterator (or cancelling the state)
         closes the connection. The deadline covers the whole stream.
         """
-        state = _CallState(deadline=time.monotonic() + self.settings.remote_timeout)
-        with _deadline(state.deadline):
+        with self.call_deadline() as deadline:
+            state = _CallState(deadline=deadline)
             response, _ = self._call(self._parts(spec, image, use_remote, stream=True), state)
         answer = RemoteAnswer(None, response.headers, state.attempts, state.bytes_sent, state.endpoint)
         return self._events(response, state), answer, state
@@ -276,17 +357,26 @@ class RemoteClient:
         """Attempts with retries, then the body (a stream: only its headers). Runs inside ``_deadline``."""
         send = partial(self._attempt, parts, state)
         try:
-            try:
-                response = send()  # most calls succeed at once: that path skips the retry machinery
-            except (httpx.TransportError, _StatusFailure) as failure:
-                response = self._retry(failure, send, state)
-            if parts.stream and response.status_code < 400:
+            with state.connections.counting():
+                try:
+                    response = send()  # most calls succeed at once: that path skips the retry machinery
+                except (httpx.TransportError, _StatusFailure, _ReusedConnectionLost) as failure:
+                    response = self._retry(failure, send, state)
+            if parts.stream and response.status_code < 300:
+                self._bound_stream(response)
                 return response, b""
-            body = self._body(response)
+            body = self._read(response, cut=response.status_code >= 300)
         except _StatusFailure as exc:
             raise self._status_error(exc.response, exc.body) from None
+        except _ReusedConnectionLost as exc:
+            raise self._transport_error(exc.error, state) from None
         except httpx.TransportError as exc:
             raise self._transport_error(exc, state) from None
+        except httpx.DecodingError as exc:
+            raise BadResponse(f"the remote endpoint {state.endpoint} sent a body that cannot be decoded "
+                              f"({_describe(exc)})") from None
+        if 300 <= response.status_code < 400:
+            raise self._redirected(response)
         if response.status_code >= 400:
             raise self._status_error(response, body)
         return response, body
@@ -307,7 +397,7 @@ class RemoteClient:
 
     def _backoff(self, exc: Exception, state: _CallState) -> bool | float:
         """stamina's hook: False to give up on ``exc``; True for its exponential backoff; or seconds to wait."""
-        if not isinstance(exc, (httpx.TransportError, _StatusFailure)):
+        if not isinstance(exc, (httpx.TransportError, _StatusFailure, _ReusedConnectionLost)):
             return False
         if isinstance(exc, _StatusFailure) and not exc.retryable:
             return False
@@ -335,6 +425,8 @@ class RemoteClient:
             extension = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}.get(content_type, "bin")
             files["image"] = (f"image.{extension}", data, content_type)
         headers = {"Accept": "text/event-stream" if stream else "application/json"}
+        if stream:
+            headers["Accept-Encoding"] = "identity"  # the stream's bound counts the bytes as they are sent
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         return _Parts(files, {"use_remote": "true"} if use_remote else None, headers, stream)
@@ -357,8 +449,11 @@ class RemoteClient:
             )
             state.bytes_sent = int(request.headers.get("content-length", 0))
             last = position == count - 1
+            connections = state.connections
+            opened, connections.used = connections.opened, False
             try:
-                response = self._http.send(request, stream=parts.stream)
+                # Always streamed: a body is read only within its bound (``_read``), never whole by httpx.
+                response = self._http.send(request, stream=True)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if state.remaining() <= 0:
                     raise  # the deadline, not the endpoint: no failover
@@ -366,8 +461,12 @@ class RemoteClient:
                             "" if last else "; failing over")
                 failure = exc
                 continue
-            if response.status_code >= 500 or response.status_code in RETRY_STATUSES:
-                failure = _StatusFailure(response, self._body(response))
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                if connections.used and connections.opened == opened:
+                    raise _ReusedConnectionLost(exc) from None
+                raise
+            if response.status_code >= 500 or response.status_code in (408, 429):
+                failure = _StatusFailure(response, self._read(response, cut=True))
                 if response.status_code >= 500 and not last:
                     log.warning("remote endpoint %s answered %d; failing over", state.endpoint, response.status_code)
                     continue
@@ -377,13 +476,50 @@ class RemoteClient:
         assert failure is not None
         raise failure
 
-    @staticmethod
-    def _body(response: httpx.Response) -> bytes:
-        """The whole body (already read unless streamed); reads end at the deadline (``deadline_transport``)."""
+    def _read(self, response: httpx.Response, *, cut: bool = False) -> bytes:
+        """The decoded body, at most ``REMOTE_INFERENCE_MAX_RESPONSE_BYTES``; reads end at the deadline.
+
+        Over the bound: ``BadResponse``, or with ``cut`` (an error answer, read for its message) the first
+        ``ERROR_BODY_BYTES``. Nothing past the bound is read (a gzip bomb stops within one decoded chunk).
+        """
+        limit = ERROR_BODY_BYTES if cut else self.settings.max_response_bytes
+        chunks, size = [], 0
         try:
-            return response.read()
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    if cut:
+                        chunks.append(chunk[:limit - (size - len(chunk))])
+                        break
+                    raise self._too_large(response, "its body")
+                chunks.append(chunk)
         finally:
             response.close()
+        return b"".join(chunks)
+
+    def _bound_stream(self, response: httpx.Response) -> None:
+        """Bound an event stream's bytes, as ``_read`` bounds a body (streams are asked for without compression)."""
+        response.stream = _BoundedStream(response.stream, self.settings.max_response_bytes,
+                                         lambda: self._too_large(response, "its event stream"))
+
+    def _too_large(self, response: httpx.Response, what: str) -> BadResponse:
+        limit = self.settings.max_response_bytes
+        return BadResponse(
+            f"the remote endpoint {endpoint_host(str(response.request.url))} sent more than {limit / 2**20:g} MB in "
+            f"{what}, the most this client reads: raise REMOTE_INFERENCE_MAX_RESPONSE_BYTES if that is expected"
+        )
+
+    def _redirected(self, response: httpx.Response) -> BadResponse:
+        host = endpoint_host(str(response.request.url))
+        try:
+            target = endpoint_host(str(response.request.url.join(response.headers["location"])))
+            where = f" to {target}"
+        except (KeyError, httpx.InvalidURL):
+            where = ""
+        return BadResponse(
+            f"the remote endpoint {host} redirected the request{where} ({response.status_code}): redirects are not "
+            "followed, on purpose (the token must not travel on). Set REMOTE_INFERENCE_ENDPOINT to the URL that answers"
+        )
 
     def _events(self, response: httpx.Response, state: _CallState) -> Generator[dict[str, Any], None, None]:
         """Parse the server-sent events of ``response``, each read bounded by the call's deadline."""
@@ -414,24 +550,35 @@ class RemoteClient:
             response.close()
 
     def _get(self, path: str) -> Any:
+        """``GET path`` of the first endpoint that answers; within ``STATUS_TIMEOUT`` and the running call's deadline."""
         headers = {"Accept": "application/json"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         failure: Exception | None = None
-        for url, host in zip(self.endpoints, self._hosts, strict=True):
-            target = httpx.URL(url).join(path)
-            try:
-                response = self._http.get(target, headers=headers, timeout=STATUS_TIMEOUT)
-            except httpx.TransportError as exc:
-                failure = self._transport_error(exc, _CallState(deadline=math.inf, endpoint=host))
-                continue
-            if response.status_code >= 400:
-                failure = self._status_error(response, response.content)
-                continue
-            try:
-                return response.json()
-            except ValueError:
-                failure = self._bad_response(response, response.content, "the body is not JSON")
+        deadline = min(_DEADLINE.get() or math.inf, time.monotonic() + STATUS_TIMEOUT)
+        with _deadline(deadline):
+            for url, host in zip(self.endpoints, self._hosts, strict=True):
+                target = httpx.URL(url).join(path)
+                try:
+                    response = self._http.send(self._http.build_request("GET", target, headers=headers,
+                                                                        timeout=STATUS_TIMEOUT), stream=True)
+                    body = self._read(response, cut=response.status_code >= 300)
+                except httpx.TransportError as exc:
+                    failure = self._transport_error(exc, _CallState(deadline=deadline, endpoint=host))
+                    continue
+                except BadResponse as exc:  # over the size bound
+                    failure = exc
+                    continue
+                if 300 <= response.status_code < 400:
+                    failure = self._redirected(response)
+                    continue
+                if response.status_code >= 400:
+                    failure = self._status_error(response, body)
+                    continue
+                try:
+                    return json.loads(body)
+                except ValueError:
+                    failure = self._bad_response(response, body, "the body is not JSON")
         assert failure is not None
         raise failure
 
@@ -467,31 +614,20 @@ class RemoteClient:
         )
 
     def _status_error(self, response: httpx.Response, body: bytes) -> InferenceError:
+        """The error of an error answer, through ``wire.ERRORS``: its code (or its status's) names the exception."""
         status = response.status_code
         host = endpoint_host(str(response.request.url))
-        try:
-            detail = parse_error(json.loads(body))
-        except ValueError:
-            detail = None
+        detail = _error_detail(body)
         said = self._scrub(detail.message if detail and detail.message else _excerpt(body))
         said = f": {said}" if said else ""
-        if status in (401, 403):
-            return AuthenticationError(
-                f"the remote endpoint {host} refused the token ({status}){said}. Check REMOTE_INFERENCE_TOKEN"
-            )
-        if status == 404:
-            return ModelLoadError(f"the remote endpoint {host} does not serve this model (404){said}")
-        if status == 429:
-            retry_after = _retry_after(response)
-            wait = f"; retry after {retry_after:g} s" if retry_after is not None else ""
-            return RateLimited(f"the remote endpoint {host} is busy (429){said}{wait}", retry_after=retry_after)
-        if status in (408, 504):
-            return InferenceTimeout(f"the remote endpoint {host} timed out ({status}){said}")
-        if status in (400, 413, 415, 422):
-            return InvalidInput(f"the remote endpoint {host} refused the request ({status}){said}")
-        if status >= 500:
-            return RemoteUnavailable(f"the remote endpoint {host} failed ({status}){said}")
-        return BadResponse(f"the remote endpoint {host} answered an unexpected status {status}{said}")
+        code = code_of_answer(status, detail.code if detail else None)
+        if code is None:
+            return BadResponse(f"the remote endpoint {host} answered an unexpected status {status}{said}")
+        kind = ERRORS[code].exception
+        template = _MESSAGES.get(code) or _MESSAGES[kind.__name__]
+        retry_after = _retry_after(response)
+        wait = f"; retry after {retry_after:g} s" if retry_after is not None and ERRORS[code].retry else ""
+        return kind(template.format(host=host, status=status, said=said) + wait, code=code, retry_after=retry_after)
 
     def _bad_response(self, response: httpx.Response, body: bytes, why: str) -> BadResponse:
         host = endpoint_host(str(response.request.url))
@@ -503,6 +639,37 @@ class RemoteClient:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._token, "***") if self._token else text
+
+
+#: What an error answer means, by code or by the exception its code maps to (``wire.ERRORS``).
+_MESSAGES = {
+    "model_not_found": "the remote endpoint {host} does not serve this model ({status}){said}",
+    "model_load_failed": "the remote endpoint {host} could not load the model ({status}){said}; it tries again on a "
+                         "later request",
+    "remote_not_configured": "the remote endpoint {host} was asked to forward the request but has no endpoint of its "
+                             "own ({status}){said}",
+    "AuthenticationError": "the remote endpoint {host} refused the token ({status}){said}. Check REMOTE_INFERENCE_TOKEN",
+    "RateLimited": "the remote endpoint {host} is busy ({status}){said}",
+    "InferenceTimeout": "the remote endpoint {host} timed out ({status}){said}",
+    "InvalidInput": "the remote endpoint {host} refused the request ({status}){said}",
+    "UnsupportedTask": "the remote endpoint {host} refused the request ({status}){said}",
+    "RemoteUnavailable": "the remote endpoint {host} failed ({status}){said}",
+    "BadResponse": "the remote endpoint {host} has no such route ({status}){said}: is REMOTE_INFERENCE_ENDPOINT the "
+                   "/inference URL of a server that speaks this protocol?",
+}
+
+
+def _error_detail(body: bytes):
+    """The protocol's error detail in ``body``, or None."""
+    try:
+        return parse_error(json.loads(body))
+    except (ValueError, RecursionError):
+        return None
+
+
+def _body_code(body: bytes) -> str | None:
+    detail = _error_detail(body)
+    return detail.code if detail else None
 
 
 def _excerpt(body: bytes, limit: int = 200) -> str:
@@ -551,11 +718,12 @@ class RemoteBackend:
 
     def run(self, request) -> tuple[Any, dict[str, Any]]:
         """POST ``request``; returns (text or detections, result fields)."""
-        if self.spec.output == "detections":
-            self.info()  # class names for stable class ids: fetched once, and not timed as part of a call
-        started = time.perf_counter()
-        spec, image, scale = self._wire(request)
-        answer = self.client.infer(spec, image, use_remote=self.use_remote)
+        with self.client.call_deadline():  # one deadline for all the call does, the class names' look-up too
+            if self.spec.output == "detections":
+                self.info()  # class names for stable class ids: fetched once, and not timed as part of a call
+            started = time.perf_counter()
+            spec, image, scale = self._wire(request)
+            answer = self.client.infer(spec, image, use_remote=self.use_remote)
         try:
             if self.spec.output == "detections":
                 output: Any = self._detections(answer.data, scale)
@@ -571,8 +739,7 @@ class RemoteBackend:
             ) from None
         total_ms = (time.perf_counter() - started) * 1000
         fields["details"] = {**fields.get("details", {}), **_answer_details(answer)}
-        return output, {**fields, **_timing_fields(answer.headers, total_ms), "attempts": answer.attempts,
-                        "bytes_sent": answer.bytes_sent}
+        return output, {**fields, **_timing_fields(answer.headers, total_ms), **_answer_fields(answer)}
 
     def stream(self, request):
         """Stream text over server-sent events; returns (pieces, handle, load_ms)."""
@@ -640,7 +807,7 @@ class _RemoteStreamHandle:
         server_ms = details.pop("server_ms", None)
         self.details = {**details, **_answer_details(self.answer)}
         total_ms = (time.perf_counter() - self.started_at) * 1000
-        self.fields = {"attempts": self.answer.attempts, "bytes_sent": self.answer.bytes_sent}
+        self.fields = _answer_fields(self.answer)
         if server_ms is not None:
             server_ms += self.queue_ms  # as for answers in one piece: time in the server, queue included
             self.fields.update(server_ms=server_ms, network_ms=max(0.0, total_ms - server_ms), queue_ms=self.queue_ms)
@@ -659,6 +826,15 @@ def _answer_details(answer: RemoteAnswer) -> dict[str, Any]:
     if source:
         details["server_source"] = source
     return details
+
+
+def _answer_fields(answer: RemoteAnswer) -> dict[str, Any]:
+    """Result fields every answer gives: attempts, bytes sent, and the server's warnings (``X-Inference-Warning``)."""
+    fields: dict[str, Any] = {"attempts": answer.attempts, "bytes_sent": answer.bytes_sent}
+    warnings = answer.headers.get_list("x-inference-warning")
+    if warnings:
+        fields["warnings"] = tuple(warnings)
+    return fields
 
 
 def _timing_fields(headers: httpx.Headers, total_ms: float) -> dict[str, Any]:

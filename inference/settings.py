@@ -68,6 +68,8 @@ _SOURCES: dict[str, tuple[str, Any]] = {
     "remote_token": ("REMOTE_INFERENCE_TOKEN", lambda raw: str(raw).strip() or None),
     "remote_timeout": ("REMOTE_INFERENCE_TIMEOUT", lambda raw: _positive("REMOTE_INFERENCE_TIMEOUT", raw)),
     "upload_max_edge": ("REMOTE_INFERENCE_MAX_EDGE", lambda raw: _positive("REMOTE_INFERENCE_MAX_EDGE", raw, int)),
+    "max_response_bytes": ("REMOTE_INFERENCE_MAX_RESPONSE_BYTES",
+                           lambda raw: _positive("REMOTE_INFERENCE_MAX_RESPONSE_BYTES", parse_bytes(raw), int)),
     "server_tokens": ("INFERENCE_SERVER_TOKEN", _list),
     "max_model_memory": ("INFERENCE_MAX_MODEL_MEMORY", lambda raw: parse_bytes(raw) if str(raw).strip() else None),
     "max_image_pixels": ("INFERENCE_MAX_IMAGE_PIXELS", lambda raw: _positive("INFERENCE_MAX_IMAGE_PIXELS", raw, int)),
@@ -96,6 +98,8 @@ class Settings:
     remote_token: str | None = field(default_factory=lambda: _from_env("remote_token", None), repr=False)
     remote_timeout: float = field(default_factory=lambda: _from_env("remote_timeout", 120.0))
     upload_max_edge: int = field(default_factory=lambda: _from_env("upload_max_edge", 1024))
+    #: Most bytes read of one remote answer (decoded): a body, an event stream or a model list. Past it: BadResponse.
+    max_response_bytes: int = field(default_factory=lambda: _from_env("max_response_bytes", 32 * 2**20))
     server_tokens: tuple[str, ...] = field(default_factory=lambda: _from_env("server_tokens", ()), repr=False)
     #: Budget for all locally loaded models together; None = half of the machine's (or GPU's) memory.
     max_model_memory: int | None = field(default_factory=lambda: _from_env("max_model_memory", None))

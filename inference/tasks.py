@@ -10,7 +10,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import InvalidInput, UnsupportedTask
 
@@ -21,6 +21,7 @@ __all__ = [
     "ImageTextParameters",
     "TaskSpec",
     "get_task",
+    "ignored_image",
     "validate_parameters",
 ]
 
@@ -28,9 +29,33 @@ __all__ = [
 MAX_NEW_TOKENS = 4096
 
 
+#: Below this a sampling temperature divides the logits into infinities: 0 (greedy) is what such a value means.
+MIN_TEMPERATURE = 0.01
+#: Longest excerpt of a bad value an error message repeats (a client may send megabytes).
+ECHO_CHARS = 80
+
+
 class _Parameters(BaseModel):
     # NOTE: extra="forbid" turns a typo such as max_tokens into an error instead of a silent default.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_coercion(cls, value: Any, info: ValidationInfo) -> Any:
+        """Numbers must be numbers and flags flags: no ``true`` as 1, no ``"5"`` as 5, no ``1`` as true.
+
+        Lax mode stays for the rest, so 5.0 is 5 and numpy scalars work from Python.
+        """
+        annotation = cls.model_fields[info.field_name].annotation
+        if value is None:
+            return value
+        if annotation in (bool, bool | None):
+            if not isinstance(value, bool):
+                raise ValueError(f"should be true or false, got {type(value).__name__}")
+        elif isinstance(value, (bool, str, bytes)):
+            kind = "integer" if annotation in (int, int | None) else "number"
+            raise ValueError(f"should be a valid {kind}, got {type(value).__name__}")
+        return value
 
 
 class GenerationParameters(_Parameters):
@@ -40,11 +65,18 @@ class GenerationParameters(_Parameters):
     temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy decoding, above 0 = sampling")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass, used when temperature > 0")
     top_k: int | None = Field(None, ge=0, description="sample from the k most likely tokens, with temperature > 0")
-    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0, description="above 1 discourages repeats")
+    repetition_penalty: float | None = Field(None, ge=0.01, le=10.0, description="above 1 discourages repeats")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="fixes sampling for reproducible output")
     use_chat_template: bool | None = Field(
         None, description="wrap the prompt in the model's chat template; default: when the model has one"
     )
+
+    @field_validator("temperature")
+    @classmethod
+    def _sampling_temperature(cls, value: float) -> float:
+        if 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+        return value
 
 
 class ImageTextParameters(GenerationParameters):
@@ -110,6 +142,12 @@ def get_task(name: str) -> TaskSpec:
         ) from None
 
 
+def ignored_image(model_id: str, task: str) -> str:
+    """The warning a text result carries when its request's image was not used (a text-only model ran it)."""
+    return (f"the image was not used: {model_id!r} runs {task}, which takes no image; pick a vision-language "
+            "model (image-text-to-text) to ask about an image")
+
+
 def validate_parameters(task: str | TaskSpec, parameters: dict[str, Any] | None) -> _Parameters:
     """Check ``parameters`` for ``task`` and fill in defaults.
 
@@ -129,13 +167,23 @@ def _describe(spec: TaskSpec, exc: ValidationError) -> str:
     for error in exc.errors():
         name = ".".join(str(part) for part in error["loc"]) or "parameters"
         if error["type"] == "extra_forbidden":
-            hint = difflib.get_close_matches(name, known, n=1)
+            hint = difflib.get_close_matches(name, known, n=1) if len(name) <= ECHO_CHARS else []
             did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
             problems.append(
-                f"unknown parameter {name!r}{did_you_mean}; {spec.name} accepts {', '.join(known)}"
+                f"unknown parameter {_excerpt(name)}{did_you_mean}; {spec.name} accepts {', '.join(known)}"
             )
             continue
         field = known.get(name)
         what = f" ({field.description})" if field is not None and field.description else ""
-        problems.append(f"{name}={error.get('input')!r}: {error['msg'].lower()}{what}")
+        problems.append(f"{name}={_excerpt(error.get('input'))}: {error['msg'].lower().removeprefix('value error, ')}"
+                        f"{what}")
     return "invalid parameters for " + spec.name + ": " + "; ".join(problems)
+
+
+def _excerpt(value: Any) -> str:
+    """``repr(value)``, cut to ``ECHO_CHARS``: an error message says which value, it does not send it back."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply to show>"
+    return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}… ({len(text):,} characters)"

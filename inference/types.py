@@ -52,6 +52,8 @@ class _ResultBase:
     bytes_sent: int | None = None
     #: Extra facts from the backend (finish_reason, prompt_tokens, endpoint, ...), kept as received.
     details: dict[str, Any] = field(default_factory=dict)
+    #: What the caller should know about how the request ran, e.g. that its image was not used.
+    warnings: tuple[str, ...] = ()
 
     def _common_dict(self) -> dict[str, Any]:
         out = {
@@ -66,6 +68,8 @@ class _ResultBase:
         if self.bytes_sent is not None:
             out["bytes_sent"] = self.bytes_sent
         out["details"] = dict(self.details)
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         return out
 
     def with_timings(self, **changes: Any):

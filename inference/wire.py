@@ -9,40 +9,121 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
+from .errors import (
+    AuthenticationError,
+    BadResponse,
+    InferenceError,
+    InferenceTimeout,
+    InvalidInput,
+    ModelLoadError,
+    RateLimited,
+    RemoteNotConfigured,
+    RemoteUnavailable,
+    UnsupportedTask,
+)
+
 __all__ = [
+    "ERRORS",
     "DetectionItem",
     "ErrorBody",
     "Payload",
     "Spec",
     "TextOutput",
+    "WireError",
+    "code_of_answer",
+    "code_of_error",
     "error_body",
     "parse_detections",
     "parse_server_timing",
     "parse_text",
 ]
 
-#: Status of each error code the server sends (and the client maps back).
-ERROR_STATUS = {
-    "invalid_spec": 400,
-    "malformed_request": 400,
-    "unauthorized": 401,
-    "model_not_found": 404,
-    "payload_too_large": 413,
-    "image_too_large": 413,
-    "unsupported_media_type": 415,
-    "invalid_input": 422,
-    "unsupported_task": 422,
-    "rate_limited": 429,
-    "busy": 503,
-    "model_loading": 503,
-    "upstream_error": 502,
-    "upstream_timeout": 504,
+@dataclass(frozen=True)
+class WireError:
+    """How one error code travels: the HTTP status it is sent with and the exception a client raises for it."""
+
+    status: int
+    exception: type[InferenceError]
+    #: A client may send the same request again (after ``Retry-After``): the failure is the server's state.
+    retry: bool = False
+
+
+#: The one table of the protocol's errors: code → status and exception. The server answers with it, every
+#: client maps answers back with it, and a gateway passes an upstream's code through unchanged.
+ERRORS: dict[str, WireError] = {
+    "malformed_request": WireError(400, InvalidInput),  # not multipart, or parts that cannot be read
+    "malformed_spec": WireError(400, InvalidInput),  # no spec part, or one that is not a JSON object
+    "invalid_spec": WireError(422, InvalidInput),  # a JSON object with missing, unknown or wrong fields
+    "remote_not_configured": WireError(400, RemoteNotConfigured),
+    "unauthorized": WireError(401, AuthenticationError),
+    "model_not_found": WireError(404, ModelLoadError),
+    "not_found": WireError(404, BadResponse),  # no such route: the endpoint URL is wrong
+    "method_not_allowed": WireError(405, BadResponse),
+    "request_timeout": WireError(408, InferenceTimeout, retry=True),  # the request was sent too slowly
+    "payload_too_large": WireError(413, InvalidInput),
+    "image_too_large": WireError(413, InvalidInput),
+    "unsupported_media_type": WireError(415, InvalidInput),
+    "invalid_input": WireError(422, InvalidInput),
+    "unsupported_task": WireError(422, UnsupportedTask),
+    "rate_limited": WireError(429, RateLimited, retry=True),
+    "internal_error": WireError(500, RemoteUnavailable),  # a bug: sending it again would not help
+    "upstream_error": WireError(502, RemoteUnavailable, retry=True),
+    "busy": WireError(503, RemoteUnavailable, retry=True),
+    "model_loading": WireError(503, RemoteUnavailable, retry=True),
+    "model_load_failed": WireError(503, ModelLoadError),  # tried again on a later request, not at once
+    "upstream_timeout": WireError(504, InferenceTimeout, retry=True),
 }
+
+#: The code of an error answer whose body names none of ours (a proxy's page, another server), by status.
+_STATUS_CODES = {
+    400: "malformed_request", 401: "unauthorized", 403: "unauthorized", 404: "model_not_found",
+    405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large", 415: "unsupported_media_type",
+    422: "invalid_input", 429: "rate_limited", 500: "internal_error", 502: "upstream_error", 503: "busy",
+    504: "upstream_timeout",
+}
+
+#: Codes of the client-side causes (no answer, or an answer that is not ours), as a gateway reports them.
+_CAUSE_CODES: tuple[tuple[type[InferenceError], str], ...] = (
+    (UnsupportedTask, "unsupported_task"),
+    (InvalidInput, "invalid_input"),
+    (ModelLoadError, "model_load_failed"),
+    (InferenceTimeout, "upstream_timeout"),
+    (RateLimited, "rate_limited"),
+    (RemoteNotConfigured, "remote_not_configured"),
+    (AuthenticationError, "upstream_error"),
+    (RemoteUnavailable, "upstream_error"),
+    (BadResponse, "upstream_error"),
+)
+
+
+def code_of_answer(status: int, code: str | None) -> str | None:
+    """The table's code for an error answer: the code its body names when it fits the status, else the status's.
+
+    None for a status the protocol does not use (the caller reports it as unexpected).
+    """
+    if code in ERRORS and ERRORS[code].status == status:
+        return code
+    return _STATUS_CODES.get(status)
+
+
+def code_of_error(exc: InferenceError) -> str:
+    """The code a server answers ``exc`` with: its own when the table has it, else the one of its cause.
+
+    A gateway passes an upstream's code through, with one exception: an upstream that refused the gateway's
+    token is the gateway's failure (502), not a wrong token of the caller's (401 would say the opposite).
+    """
+    if exc.code in ERRORS and exc.code != "unauthorized":
+        return exc.code
+    for kind, code in _CAUSE_CODES:
+        if isinstance(exc, kind):
+            return code
+    return "internal_error"
 
 
 class Payload(BaseModel):

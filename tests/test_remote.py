@@ -205,7 +205,7 @@ def test_gateway_forwards_to_its_own_remote(demo_dir, server_url, photo):
 def test_gateway_without_remote_configured(server_url, photo, engine):
     client = Settings(remote_enabled=True, remote_endpoints=(f"{server_url}/inference",), remote_token=TOKEN)
     det = load_model("det", task="object-detection", backend="remote", engine=engine, settings=client, use_remote=True)
-    with pytest.raises(InvalidInput, match="no remote endpoint"):
+    with pytest.raises(RemoteNotConfigured, match="no remote endpoint"):  # wire.ERRORS: remote_not_configured
         det(photo)
 
 
