@@ -63,13 +63,16 @@ _CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
 )
 _SEED = 1234
+#: Written into the marker: a demo directory of another version is built again (its models changed).
+_VERSION = 2
 # Random weights drawn wider than transformers' default (0.02), so outputs vary with the input
 # instead of repeating one token or one box: the demo should look alive.
 _INIT_RANGE = 0.4
 
 
-def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+def _tokenizer(*, wrap: bool = False):
+    """The demo vocabulary's tokenizer; ``wrap`` adds ``<s> … </s>`` around every text, as BERT-style ones do."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
@@ -78,6 +81,9 @@ def _tokenizer():
     tokenizer.decoder = decoders.WordPiece(prefix="##")  # joins words with single spaces
     trainer = trainers.WordLevelTrainer(special_tokens=_SPECIAL, min_frequency=1, show_progress=False)
     tokenizer.train_from_iterator(_CORPUS.split("\n"), trainer)
+    if wrap:
+        ids = [(token, tokenizer.token_to_id(token)) for token in ("<s>", "</s>")]
+        tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=ids)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
         extra_special_tokens={"image_token": "<image>"},
@@ -112,8 +118,10 @@ def _build_image_to_text(out: Path, tokenizer) -> None:
     vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   image_size=64, patch_size=16)
     model = BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision, projection_dim=64))
+    # NOTE: BLIP's generate() replaces a prompt's first token by BOS and drops its last (BERT's [CLS] … [SEP]):
+    # a prompt tokenized without them lost its words, and a one-word prompt became empty and crashed.
     processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 64, "width": 64}),
-                              tokenizer=tokenizer)
+                              tokenizer=_tokenizer(wrap=True))
     model.save_pretrained(out)
     processor.save_pretrained(out)
 
@@ -194,7 +202,7 @@ def build_demo_models(directory: str | Path, tasks: tuple[str, ...] = DEMO_TASKS
         for task in tasks:
             out = directory / task
             built[task] = out
-            if not force and is_demo_model(out):
+            if not force and _built_version(out) == _VERSION:
                 continue
             tokenizer = tokenizer or _tokenizer()
             out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +211,7 @@ def build_demo_models(directory: str | Path, tasks: tuple[str, ...] = DEMO_TASKS
                 _BUILDERS[task](out, tokenizer)
             # Written last: a directory with the marker is complete.
             (out / DEMO_MARKER).write_text(json.dumps({
-                "task": task, "random_weights": True,
+                "task": task, "random_weights": True, "version": _VERSION,
                 "note": "Tiny model with random weights built by inference.demo_models: the pipeline is real, "
                         "the output is not meaningful.",
             }, indent=2))
@@ -211,6 +219,13 @@ def build_demo_models(directory: str | Path, tasks: tuple[str, ...] = DEMO_TASKS
         if previous:
             hf_logging.enable_progress_bar()
     return built
+
+
+def _built_version(path: Path) -> int | None:
+    try:
+        return json.loads((path / DEMO_MARKER).read_text()).get("version", 1)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def default_demo_dir() -> Path:

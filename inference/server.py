@@ -444,6 +444,8 @@ class InferenceService:
                 except ModelLoadError as exc:
                     served.status, served.error = "error", str(exc)
                     raise
+                if served.tasks is None:  # its config could not be read at startup; now it loaded
+                    served.tasks, served.classes = _tasks_of(served.source)
                 served.handles[task] = handle
                 served.status, served.error = "loaded", None
             return handle

@@ -112,13 +112,18 @@ def code_of_answer(status: int, code: str | None) -> str | None:
     return _STATUS_CODES.get(status)
 
 
+#: Upstream answers a gateway does not pass on: they are about the gateway's own link to the upstream (its
+#: token, its URL) or the upstream's bug, not about the caller's request. They become 502 ``upstream_error``.
+_GATEWAY_OWN = frozenset({"unauthorized", "not_found", "method_not_allowed", "internal_error"})
+
+
 def code_of_error(exc: InferenceError) -> str:
     """The code a server answers ``exc`` with: its own when the table has it, else the one of its cause.
 
-    A gateway passes an upstream's code through, with one exception: an upstream that refused the gateway's
-    token is the gateway's failure (502), not a wrong token of the caller's (401 would say the opposite).
+    A gateway passes an upstream's code through (status and Retry-After follow), except the ``_GATEWAY_OWN``
+    ones: a 401 from the upstream means the gateway's token is wrong, which a 401 to the caller would misstate.
     """
-    if exc.code in ERRORS and exc.code != "unauthorized":
+    if exc.code in ERRORS and exc.code not in _GATEWAY_OWN:
         return exc.code
     for kind, code in _CAUSE_CODES:
         if isinstance(exc, kind):

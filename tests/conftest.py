@@ -95,7 +95,7 @@ import time
 
 import uvicorn
 
-from inference.server import create_app
+from inference.server import create_app, http_protocol
 
 TOKEN = "tok-4f1d9b7e2c8a6350"  # the bearer token of the test servers; tests assert it never leaks
 
@@ -111,7 +111,9 @@ def _loopback_socket() -> socket.socket:  # noqa: D103
 def serve(app, *, timeout: float = 30.0):
     """Run ``app`` under uvicorn on a free 127.0.0.1 port in a thread; yields the base URL."""
     sock = _loopback_socket()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    # The reference server's own HTTP protocol (with its header deadline), as `python -m inference.server` runs it.
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                           http=http_protocol()))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

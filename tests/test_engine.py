@@ -53,6 +53,30 @@ def test_concurrent_first_use_loads_once(demo_dir, engine, count_loads):
     assert sum(model.info.load_ms is not None for model in models) == 1  # one of them did the loading
 
 
+@pytest.mark.parametrize("round_", range(3))
+def test_every_family_loads_from_many_threads_at_once(demo_dir, round_):
+    # Different models loading at the same moment in one process once left parameters on the meta device
+    # ("Cannot copy out of meta tensor") and the model unusable until restart.
+    from inference.tasks import TASKS
+
+    failures = []
+    with Engine(Settings()) as engine:
+
+        def load(task: str) -> None:
+            try:
+                engine.get(demo_dir[task], TASKS[task])
+            except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                failures.append(f"{task}: {exc}")
+
+        threads = [threading.Thread(target=load, args=(task,)) for task in list(demo_dir) * 3]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        assert len(engine.loaded()) == len(demo_dir)  # each demo model once, whatever the number of threads
+
+
 def test_concurrent_calls_on_one_model(demo_dir, engine, photo):
     det = load_model(demo_dir["object-detection"], task="object-detection", engine=engine)
     expected = det(photo).class_names

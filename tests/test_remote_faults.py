@@ -4,9 +4,12 @@ number of attempts, within the deadline, and never the token in an error or a lo
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
+import tracemalloc
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -35,9 +38,10 @@ class FaultServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, script):
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, script, *, get=None, handler=None):
+        super().__init__(("127.0.0.1", 0), handler or _Handler)
         self.script, self.hits, self.stop = list(script), 0, threading.Event()
+        self.get = get  # the behaviour of every GET (/models, /health); None: 404
         self.dropped = threading.Event()  # a dripping answer found the client gone
 
     def next(self):
@@ -58,9 +62,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.dropped.set()
                 return
 
+    def do_GET(self):
+        self._answer(self.server.get or (404, {"Content-Type": "application/json"}, b'{"error": {"code": "not_found"}}'))
+
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        behaviour = self.server.next()
+        self._answer(self.server.next())
+
+    def _answer(self, behaviour):
         if behaviour == "drip":  # headers at once, then one byte of the body every 0.2 s, forever
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -86,6 +95,25 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.server.stop.wait(30)
             return
+        if behaviour == "gzip-bomb":  # 256 MiB of zeros in a quarter of a megabyte
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(_gzip_bomb())))
+            self.end_headers()
+            self.wfile.write(_gzip_bomb())
+            return
+        if behaviour == "endless-stream":  # events as fast as the client takes them, forever
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            event = b'data: {"token": "' + b"a" * 10_000 + b'"}\n\n'
+            try:
+                while not self.server.stop.is_set():
+                    self.wfile.write(event)
+            except OSError:
+                self.server.dropped.set()
+            return
         status, headers, body = behaviour
         self.send_response(status)
         for name, value in headers.items():
@@ -96,8 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def fault_server(script):
-    server = FaultServer(script)
+def fault_server(script, **options):
+    server = FaultServer(script, **options)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -106,6 +134,17 @@ def fault_server(script):
         server.stop.set()
         server.shutdown()
         server.server_close()
+
+
+@functools.cache
+def _gzip_bomb() -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
+    chunk = bytes(2**20)
+    return b"".join([*(compressor.compress(chunk) for _ in range(256)), compressor.flush()])
+
+
+def _big_json(size: int) -> tuple:
+    return (200, {"Content-Type": "application/json"}, b'{"generated_text": "' + b"a" * size + b'"}')
 
 
 def _status(code, body=b'{"error": {"code": "x", "message": "scripted"}}', **headers):
@@ -337,3 +376,94 @@ def test_reprs_never_show_the_token():
         for thing in (engine, engine.settings, engine.remote_client(), model, model("hi")):
             assert TOKEN not in repr(thing)
         assert "token=set" in repr(engine.remote_client())
+
+
+# --------------------------------------------------------------------------- what a server can make the client do
+
+
+def _settings(server, **options) -> Settings:
+    return Settings(remote_enabled=True, remote_token=TOKEN,
+                    remote_endpoints=(f"http://127.0.0.1:{server.server_address[1]}/inference",), **options)
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_it():
+    with fault_server(["gzip-bomb"]) as server, Engine(_settings(server)) as engine:
+        model = load_model("m", task="text-generation", backend="remote", engine=engine)
+        tracemalloc.start()
+        try:
+            with pytest.raises(BadResponse, match="more than 32 MB"):
+                model("hi")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 150 * 2**20  # the bound plus one decoded chunk, not the 256 MiB inside
+
+
+def test_a_huge_answer_is_refused_at_the_bound():
+    with fault_server([_big_json(8 * 2**20)]) as server, \
+            Engine(_settings(server, max_response_bytes=2**20)) as engine:
+        with pytest.raises(BadResponse, match="more than 1 MB in its body.*REMOTE_INFERENCE_MAX_RESPONSE_BYTES"):
+            load_model("m", task="text-generation", backend="remote", engine=engine)("hi")
+
+
+def test_an_endless_event_stream_is_cut_at_the_bound():
+    with fault_server(["endless-stream"]) as server, \
+            Engine(_settings(server, max_response_bytes=2**20)) as engine:
+        stream = load_model("m", task="text-generation", backend="remote", engine=engine).stream("hi")
+        with pytest.raises(BadResponse, match="in its event stream"):
+            for _ in stream:
+                pass
+        assert server.dropped.wait(2)  # and the connection is closed
+
+
+def test_a_huge_model_list_is_refused_at_the_bound():
+    with fault_server([OK], get=_big_json(8 * 2**20)) as server, \
+            Engine(_settings(server, max_response_bytes=2**20)) as engine:
+        with pytest.raises(BadResponse, match="more than 1 MB"):
+            engine.remote_client().models()
+
+
+def test_a_dripping_model_list_counts_against_the_calls_deadline(photo):
+    detections = (200, {"Content-Type": "application/json"},
+                  b'[{"label": "cat", "score": 0.9, "box": {"xmin": 1, "ymin": 2, "xmax": 3, "ymax": 4}}]')
+    with fault_server([detections], get="drip") as server, Engine(_settings(server, remote_timeout=2)) as engine:
+        model = load_model("m", task="object-detection", backend="remote", engine=engine)
+        started = time.monotonic()
+        with contextlib.suppress(InferenceTimeout):  # in time with the boxes, or at the deadline: never after
+            model(photo)
+        assert time.monotonic() - started <= 2 + 1.0
+
+
+def test_a_redirect_is_reported_as_a_redirect():
+    redirect = (302, {"Location": "http://other-host:9000/inference?token=x"}, b"")
+    with fault_server([redirect]) as server, Engine(_settings(server)) as engine:
+        with pytest.raises(BadResponse, match="redirected the request to other-host:9000 \\(302\\)") as caught:
+            load_model("m", task="text-generation", backend="remote", engine=engine)("hi")
+    assert "not followed, on purpose" in str(caught.value) and "token=x" not in str(caught.value)
+
+
+class _KeepAliveHandler(_Handler):
+    """HTTP/1.1 with keep-alive; the second request on a connection finds it closed without an answer."""
+
+    protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        self.requests = 0
+
+    def do_POST(self):
+        self.requests += 1
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.requests > 1:  # the server had closed this idle connection as the request went out
+            self.server.hits += 1
+            self.close_connection = True
+            return
+        self._answer(self.server.next())
+
+
+def test_a_reset_on_a_reused_connection_is_sent_again():
+    with fault_server([OK], handler=_KeepAliveHandler) as server, Engine(_settings(server)) as engine:
+        model = load_model("m", task="text-generation", backend="remote", engine=engine)
+        assert model("hi").attempts == 1
+        result = model("hi again")  # goes out on the kept-alive connection, which the server drops
+        assert result.text == "hello there" and result.attempts == 2

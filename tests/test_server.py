@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -12,6 +13,7 @@ import zlib
 
 import httpx
 import pytest
+import requests
 from PIL import Image
 
 from conftest import TOKEN, serve, wait_loaded
@@ -250,3 +252,296 @@ def test_gateway_without_upstream_is_400_streamed_or_not(server_url):
                               files={"spec": (None, spec, "application/json")}, data={"use_remote": "true"})
         assert response.status_code == 400, (accept, response.text)
         assert response.json()["error"]["code"] == "remote_not_configured"
+
+
+# --------------------------------------------------------------------------- the protocol's own example
+
+
+def test_the_protocol_example_runs_a_text_model_and_says_the_image_was_not_used(server_url, photo_png):
+    # Byte for byte the request the protocol's reference client sends: a text LLM, a prompt, and an image.
+    spec = {"model_id": "tg", "task": "text-generation", "payload": {"inputs": "Describe the image."}}
+    files = {"spec": (None, json.dumps(spec), "application/json"),
+             "image": ("image.jpg", io.BytesIO(_jpeg()), "image/jpeg")}
+    with requests.Session() as session:
+        session.headers.update({"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"})
+        response = session.post(f"{server_url}/inference", files=files, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["generated_text"]
+    assert "image was not used" in response.headers["X-Inference-Warning"]
+    assert "'tg'" in response.headers["X-Inference-Warning"]  # the served id, never the model's path
+
+
+def test_a_text_request_with_an_image_runs_image_text_to_text_on_a_model_that_takes_images(server_url):
+    response = _post(server_url, spec=_spec(model_id="vlm", task="text-generation", inputs="What is it?"),
+                     image=_png())
+    assert response.status_code == 200, response.text
+    assert response.json()["generated_text"] and "X-Inference-Warning" not in response.headers
+
+
+def test_a_streamed_text_request_with_an_image_warns_in_its_headers(server_url):
+    response = _post(server_url, spec=_spec(model_id="tg", task="text-generation", inputs="hi", max_new_tokens=3),
+                     image=_png(), headers={**AUTH, "Accept": "text/event-stream"})
+    assert response.status_code == 200 and "generated_text" in response.text
+    assert "image was not used" in response.headers["X-Inference-Warning"]
+
+
+def test_a_spec_sent_as_a_file_part_is_accepted_beside_an_image(server_url):
+    # curl -F spec=@spec.json -F image=@x.png
+    files = {"spec": ("spec.json", _spec().encode(), "application/json"), "image": ("x.png", _png(), "image/png")}
+    response = httpx.post(f"{server_url}/inference", files=files, headers=AUTH, timeout=30)
+    assert response.status_code == 200, response.text
+    assert isinstance(response.json(), list)
+
+
+def _jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 120, 200)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _encoded(format_: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 120, 200)).save(buffer, format=format_)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- no 500 for a client's input
+
+NESTED = '{"model_id": "tg", "task": "text-generation", "payload": {"inputs": "hi", "parameters": {"x": ' + \
+    "[" * 100_000 + "]" * 100_000 + "}}}"
+SURROGATE = '{"model_id": "tg", "task": "text-generation", "payload": {"inputs": "hi \\ud800 there"}}'
+CLIENT_INPUTS = [
+    # (spec, image, accept, status, code, fragment)
+    (NESTED, None, "application/json", 400, "malformed_spec", "nested too deeply"),  # deeply nested JSON
+    ('{"a":' * 10_000 + "1" + "}" * 10_000, None, "application/json", 400, "malformed_spec", "nested"),  # deeper
+    (_spec(model_id="tg", task="text-generation", inputs="hi", temperature=1e-300), None, "application/json", 422,
+     "invalid_input", "at least 0.01"),  # a temperature that divides the scores into infinities
+    (_spec(model_id="tg", task="text-generation", inputs="hi", temperature=0.7, repetition_penalty=1e-300), None,
+     "application/json", 422, "invalid_input", "repetition_penalty"),  # a penalty that does the same
+    (SURROGATE, None, "application/json", 400, "malformed_spec", "lone surrogate"),  # JSON path
+    (SURROGATE, None, "text/event-stream", 400, "malformed_spec", "lone surrogate"),  # SSE path
+    (_spec(model_id="tg", task="text-generation", inputs="hi", max_new_tokens=True), None, "application/json", 422,
+     "invalid_input", "valid integer"),  # true is not 1
+    (_spec(model_id="tg", task="text-generation", inputs="hi", max_new_tokens="5"), None, "application/json", 422,
+     "invalid_input", "valid integer"),  # "5" is not 5
+    (_spec(model_id="tg", task="text-generation", inputs="hi", use_chat_template=1), None, "application/json", 422,
+     "invalid_input", "true or false"),  # 1 is not true
+    (_spec(), _encoded("GIF"), "application/json", 415, "unsupported_media_type", "GIF image"),  # protocol: no GIF
+    (_spec(), _encoded("TIFF"), "application/json", 415, "unsupported_media_type", "TIFF image"),  # nor TIFF
+    (_spec(), _encoded("BMP"), "application/json", 415, "unsupported_media_type", "BMP image"),  # nor BMP
+]
+
+
+@pytest.mark.parametrize(("spec", "image", "accept", "status", "code", "fragment"), CLIENT_INPUTS,
+                         ids=[f"input{index}" for index in range(len(CLIENT_INPUTS))])
+def test_a_clients_input_is_never_a_500(server_url, spec, image, accept, status, code, fragment, caplog):
+    files = {"spec": (None, spec, "application/json")}
+    if image is not None:
+        files["image"] = ("x.img", image, "application/octet-stream")
+    response = httpx.post(f"{server_url}/inference", files=files, headers={**AUTH, "Accept": accept}, timeout=30)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code and fragment in response.json()["error"]["message"]
+    assert "unexpected error" not in caplog.text
+
+
+@pytest.mark.parametrize("word", ["cat", "a", "hello"])
+def test_a_one_word_question_to_a_captioner_runs(server_url, word):
+    response = _post(server_url, spec=_spec(model_id="cap", task="image-text-to-text", inputs=word, max_new_tokens=4),
+                     image=_png())
+    assert response.status_code == 200, response.text
+
+
+def test_an_error_echoes_only_an_excerpt_of_a_huge_value(server_url):
+    response = _post(server_url, spec=_spec(model_id="tg", task="text-generation", inputs="hi",
+                                            max_new_tokens="9" * 500_000))
+    assert response.status_code == 422
+    assert len(response.content) < 2_000 and "500,002 characters" in response.json()["error"]["message"]
+
+
+def test_a_500_closes_its_connection_and_is_logged_once(demo_dir, caplog):
+    app = create_app({}, settings=Settings())
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("a bug")
+
+    caplog.set_level(logging.INFO)
+    with serve(app) as url, httpx.Client() as client:
+        for _ in range(5):  # keep-alive: a request after a 500 must not land on the closed connection
+            response = client.get(f"{url}/boom")
+            assert response.status_code == 500 and response.headers["Connection"] == "close"
+            assert response.json()["error"]["code"] == "internal_error"
+            assert client.get(f"{url}/health").status_code == 200
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 5 and all(record.getMessage().startswith("unexpected error") for record in errors)
+
+
+# --------------------------------------------------------------------------- what a slow client may cost
+
+
+@pytest.fixture
+def quick_limits(monkeypatch):
+    import inference.server
+
+    monkeypatch.setattr(inference.server, "HEADER_TIMEOUT", 0.5)
+    monkeypatch.setattr(inference.server, "BODY_TIMEOUT", 0.5)
+
+
+def _raw_connection(url: str):
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /inference HTTP/1.1\r\nHost: x\r\nX-Slow: "])
+def test_headers_that_never_end_are_cut_off(quick_limits, sent):
+    with serve(create_app({}, settings=Settings())) as url, _raw_connection(url) as sock:
+        sock.sendall(sent)
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # the server closed the connection
+        assert time.monotonic() - started < 3
+
+
+def test_a_body_that_stops_coming_is_408(quick_limits):
+    with serve(create_app({}, settings=Settings())) as url, _raw_connection(url) as sock:
+        sock.sendall(b"POST /inference HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Content-Length: 100000\r\n\r\n--b\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower()
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+
+
+# --------------------------------------------------------------------------- the schema and its pages
+
+
+def test_docs_and_schema_are_off_when_a_token_is_set(server_url):
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(f"{server_url}{path}", headers=AUTH).status_code == 404
+
+
+def test_the_schema_describes_the_multipart_body(demo_dir):
+    with serve(create_app({}, settings=Settings(), preload=False)) as url:
+        schema = httpx.get(f"{url}/openapi.json").json()
+    body = schema["paths"]["/inference"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["required"] == ["spec"] and set(body["properties"]) == {"spec", "image", "use_remote"}
+    spec = schema["components"]["schemas"]["Spec"]
+    assert {"model_id", "task", "payload"} <= set(spec["properties"])
+
+
+# --------------------------------------------------------------------------- a model whose load fails
+
+
+def test_a_failed_load_is_503_and_the_next_request_loads_again(demo_dir, tmp_path):
+    import shutil
+
+    source = tmp_path / "detector"  # not there yet
+    with serve(create_app({"det": str(source)}, settings=Settings())) as url:
+        response = _post(url, spec=_spec(), image=_png(), headers={})
+        assert response.status_code == 503 and response.json()["error"]["code"] == "model_load_failed"
+        assert int(response.headers["Retry-After"]) > 0
+        shutil.copytree(demo_dir["object-detection"], source)  # the operator fixes it
+        response = _post(url, spec=_spec(), image=_png(), headers={})
+        assert response.status_code == 200, response.text
+        (model,) = httpx.get(f"{url}/models").json()["models"]
+        assert model["status"] == "loaded" and model["task"] == "object-detection"
+
+
+# --------------------------------------------------------------------------- clients that hang up mid-stream
+
+
+@pytest.fixture(scope="module")
+def endless_tg(demo_dir, tmp_path_factory) -> str:
+    """The demo text model without an end-of-sequence token: it generates until max_new_tokens (seconds)."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("endless") / "tg"
+    shutil.copytree(demo_dir["text-generation"], path)
+    for name in ("config.json", "generation_config.json"):
+        config = json.loads((path / name).read_text())
+        config["eos_token_id"] = None
+        (path / name).write_text(json.dumps(config))
+    return str(path)
+
+
+def _generate_threads() -> int:
+    return sum(thread.name == "inference-generate" and thread.is_alive() for thread in threading.enumerate())
+
+
+def test_clients_that_hang_up_mid_stream_free_the_model_at_once(endless_tg):
+    import random
+
+    app = create_app({"tg": endless_tg}, settings=Settings(), concurrency=2, queue_size=16)
+    spec = _spec(model_id="tg", task="text-generation", inputs="a long story", max_new_tokens=1000,
+                 use_chat_template=False)
+    rng = random.Random(7)
+    with serve(app) as url:
+        wait_loaded(url, 1)
+
+        def hang_up_after(events: int) -> None:
+            with httpx.stream("POST", f"{url}/inference", files={"spec": (None, spec, "application/json")},
+                              headers={"Accept": "text/event-stream"}, timeout=30) as response:
+                assert response.status_code == 200
+                for index, _ in enumerate(response.iter_lines()):
+                    if index >= events:
+                        break  # closes the connection mid-stream
+
+        for _ in range(3):  # rounds of concurrent streams, each hanging up at a random point
+            threads = [threading.Thread(target=hang_up_after, args=(rng.randint(0, 12),)) for _ in range(6)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        deadline = time.monotonic() + 5
+        while _generate_threads() and time.monotonic() < deadline:  # each stops within a token of its hang-up
+            time.sleep(0.05)
+        assert _generate_threads() == 0
+        (model,) = httpx.get(f"{url}/models").json()["models"]
+        assert model["in_flight"] == 0  # every gate place given back, by code
+        started = time.monotonic()
+        response = _post(url, spec=_spec(model_id="tg", task="text-generation", inputs="hi", max_new_tokens=2),
+                         headers={})
+        assert response.status_code == 200 and time.monotonic() - started < 5
+
+
+def test_sigterm_ends_the_server_within_seconds_with_streams_open(endless_tg, unused_port):
+    import subprocess
+    import sys
+
+    from inference.server import SHUTDOWN_GRACE
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inference.server", "--port", str(unused_port), "--log-level", "warning",
+         "--model", f"tg={endless_tg}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{unused_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).json()["loaded"] == 1:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, "the server did not start"
+            time.sleep(0.2)
+        spec = _spec(model_id="tg", task="text-generation", inputs="a long story", max_new_tokens=1000,
+                     use_chat_template=False)
+        with contextlib.ExitStack() as streams:
+            for _ in range(2):  # two open streams that nobody reads
+                response = streams.enter_context(httpx.stream(
+                    "POST", f"{url}/inference", files={"spec": (None, spec, "application/json")},
+                    headers={"Accept": "text/event-stream"}, timeout=30))
+                assert response.status_code == 200
+            started = time.monotonic()
+            process.terminate()
+            process.wait(timeout=SHUTDOWN_GRACE + 5)
+            assert time.monotonic() - started < SHUTDOWN_GRACE + 5
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
