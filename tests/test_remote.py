@@ -248,3 +248,21 @@ def test_a_load_on_the_server_is_load_ms_not_latency(demo_dir, streamed):
     if streamed:
         assert first.ttft_ms is not None and first.ttft_ms <= first.total_ms
     assert second.load_ms is None
+
+
+def test_a_text_model_given_an_image_runs_the_text_and_says_so(demo_dir, engine, photo):
+    # The protocol allows an image on a text request: our client sends it rather than refusing it.
+    remote = load_model("tg", task="text-generation", backend="remote", engine=engine)
+    result = remote("Describe the image.", image=photo, max_new_tokens=4)
+    assert result.text and len(result.warnings) == 1 and "image was not used" in result.warnings[0]
+    assert "'tg'" in result.warnings[0]  # the served id: the server's paths stay on the server
+    streamed = remote.stream("Describe the image.", image=photo, max_new_tokens=4)
+    assert "".join(streamed) and streamed.result.warnings == result.warnings
+    local = load_model(demo_dir["text-generation"], task="text-generation", backend="local", engine=engine)
+    assert "image was not used" in local("Describe the image.", image=photo, max_new_tokens=4).warnings[0]
+
+
+def test_a_vision_model_asked_for_text_generation_with_an_image_answers_about_it(engine, photo):
+    result = load_model("vlm", task="text-generation", backend="remote", engine=engine)("What is it?", image=photo,
+                                                                                         max_new_tokens=4)
+    assert result.text and result.warnings == ()
