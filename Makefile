@@ -3,7 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
-DEMO_MODELS ?= demo-models
+# Empty: the default demo directory, whose models load by their short names (demo/<task>).
+DEMO_MODELS ?=
 
 .PHONY: run test install dev demo-models bench screenshots server clean
 
