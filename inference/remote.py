@@ -533,6 +533,9 @@ class RemoteClient:
                         event = next(events, None)
                 except httpx.TransportError as exc:
                     raise self._transport_error(exc, state, streaming=True) from None
+                except httpx.DecodingError as exc:
+                    raise BadResponse(f"the remote endpoint {state.endpoint} sent a stream that cannot be decoded "
+                                      f"({_describe(exc)})") from None
                 if event is None:
                     return
                 if not event.data:
@@ -543,7 +546,10 @@ class RemoteClient:
                     raise self._bad_response(response, event.data.encode(), "an event is not JSON") from None
                 if isinstance(value, dict) and "error" in value:
                     detail = parse_error(value)
-                    raise RemoteUnavailable(f"the remote endpoint failed mid-stream: {self._scrub(detail.message if detail else str(value))}")
+                    said = self._scrub(detail.message if detail else _excerpt(event.data.encode()))
+                    code = detail.code if detail and detail.code in ERRORS else "upstream_error"
+                    raise ERRORS[code].exception(f"the remote endpoint {state.endpoint} failed mid-stream: {said}",
+                                                 code=code)
                 yield value
         finally:
             state.cancelled = True
@@ -555,30 +561,34 @@ class RemoteClient:
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         failure: Exception | None = None
-        deadline = min(_DEADLINE.get() or math.inf, time.monotonic() + STATUS_TIMEOUT)
-        with _deadline(deadline):
-            for url, host in zip(self.endpoints, self._hosts, strict=True):
-                target = httpx.URL(url).join(path)
-                try:
+        call_deadline = _DEADLINE.get() or math.inf
+        for url, host in zip(self.endpoints, self._hosts, strict=True):
+            target = httpx.URL(url).join(path)
+            deadline = min(call_deadline, time.monotonic() + STATUS_TIMEOUT)
+            try:
+                with _deadline(deadline):
                     response = self._http.send(self._http.build_request("GET", target, headers=headers,
                                                                         timeout=STATUS_TIMEOUT), stream=True)
                     body = self._read(response, cut=response.status_code >= 300)
-                except httpx.TransportError as exc:
-                    failure = self._transport_error(exc, _CallState(deadline=deadline, endpoint=host))
-                    continue
-                except BadResponse as exc:  # over the size bound
-                    failure = exc
-                    continue
-                if 300 <= response.status_code < 400:
-                    failure = self._redirected(response)
-                    continue
-                if response.status_code >= 400:
-                    failure = self._status_error(response, body)
-                    continue
-                try:
-                    return json.loads(body)
-                except ValueError:
-                    failure = self._bad_response(response, body, "the body is not JSON")
+            except httpx.TransportError as exc:
+                failure = self._transport_error(exc, _CallState(deadline=deadline, endpoint=host))
+                continue
+            except httpx.DecodingError as exc:
+                failure = BadResponse(f"the remote endpoint {host} sent a body that cannot be decoded ({_describe(exc)})")
+                continue
+            except BadResponse as exc:  # over the size bound
+                failure = exc
+                continue
+            if 300 <= response.status_code < 400:
+                failure = self._redirected(response)
+                continue
+            if response.status_code >= 400:
+                failure = self._status_error(response, body)
+                continue
+            try:
+                return json.loads(body)
+            except ValueError:
+                failure = self._bad_response(response, body, "the body is not JSON")
         assert failure is not None
         raise failure
 
