@@ -298,6 +298,7 @@ class _Generation:
         self.loaded, self.inputs, self.params = loaded, inputs, params
         self.tokenizer, self.prompt_tokens = tokenizer, prompt_tokens
         self.control = _new_control()
+        self.fields: dict[str, Any] = {}  # result fields the backend adds (warnings)
 
     def run(self) -> tuple[str, dict[str, Any]]:
         import torch
@@ -547,7 +548,7 @@ class LocalBackend:
                 fields: dict[str, Any] = {"image_size": request.image.size}
                 timings: dict[str, Any] = {}
             else:
-                generation = RUNNERS[self.spec.family].prepare(loaded, request.prompt, request.image, request.parameters)
+                generation = self._prepare(loaded, request)
                 output, details = generation.run()
                 fields = {"details": details}
                 timings = {}
@@ -567,9 +568,14 @@ class LocalBackend:
         The handle has ``started_at``, ``cancel()``, ``fields`` and, once the pieces are exhausted, ``details``.
         """
         loaded, load_ms = self.load()
-        generation = RUNNERS[self.spec.family].prepare(loaded, request.prompt, request.image, request.parameters)
+        generation = self._prepare(loaded, request)
         generation.fields = self._warnings(request)
         return generation.start(), generation, load_ms
+
+    def _prepare(self, loaded: LoadedModel, request) -> _Generation:
+        # A text task's image (which it does not use) is never decoded.
+        image = request.image if self.spec.image != "none" else None
+        return RUNNERS[self.spec.family].prepare(loaded, request.prompt, image, request.parameters)
 
     def _warnings(self, request) -> dict[str, Any]:
         if request.image_data is not None and self.spec.image == "none":
