@@ -1,7 +1,8 @@
 """A reference server on this machine, started in the background: the remote backend of a fresh install.
 
 It runs as a separate process (like a real endpoint), binds 127.0.0.1 on a free port, accepts a random
-token that lives only in this process and the child's environment, and exits with its parent.
+token that lives only in this process and the child's environment, and exits with its parent (at once when
+the parent stops it, within a second when the parent is killed).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -29,6 +32,10 @@ log = logging.getLogger(__name__)
 class LoopbackServer:
     """``python -m inference.server`` on 127.0.0.1, serving ``models`` (served id → source).
 
+    Models load on their first request (``--no-preload``), so the first request waits for its own model
+    only, not for every served model in turn. ``launch`` starts the process without waiting; ``wait_ready``
+    waits for ``/health`` (with progress), from any number of threads at once.
+
     Example:
         >>> server = LoopbackServer({"det": "demo-models/object-detection"}).start()
         >>> load_model("det", task="object-detection", backend="remote", settings=server.settings())
@@ -36,12 +43,18 @@ class LoopbackServer:
 
     label = "loopback server on this machine"
 
-    def __init__(self, models: dict[str, str], *, concurrency: int = 1, startup_timeout: float = 120.0) -> None:
+    def __init__(self, models: dict[str, str], *, concurrency: int = 1, startup_timeout: float = 120.0,
+                 preload: bool = False, env: dict[str, str] | None = None) -> None:
         self.models = dict(models)
         self.concurrency = concurrency
         self.startup_timeout = startup_timeout
+        self.preload = preload
+        self.env = dict(env or {})
         self._token = secrets.token_urlsafe(24)
         self._process: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._ready = False
+        self._launched_at = 0.0
         self.port: int | None = None
 
     def __repr__(self) -> str:
@@ -56,6 +69,15 @@ class LoopbackServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def ready(self) -> bool:
+        """Whether the server answered ``/health`` (and still runs)."""
+        return self._ready and self.running
+
     def settings(self, base: Settings | None = None) -> Settings:
         """``base`` with the remote backend pointed at this server."""
         from dataclasses import replace
@@ -65,41 +87,74 @@ class LoopbackServer:
 
     def start(self) -> LoopbackServer:
         """Start the server and wait until it answers ``/health``."""
-        if self.running:
-            return self
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        command = [sys.executable, "-m", "inference.server", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--concurrency", str(self.concurrency), "--exit-with-parent", "--log-level", "warning"]
-        for model_id, source in self.models.items():
-            command += ["--model", f"{model_id}={source}"]
-        env = {**os.environ, "INFERENCE_SERVER_TOKEN": self._token}
-        for variable in ("REMOTE_INFERENCE_ENABLED", "REMOTE_INFERENCE_ENDPOINT", "REMOTE_INFERENCE_TOKEN"):
-            env.pop(variable, None)  # the loopback server is an endpoint, not a gateway
-        self._process = subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parent.parent,
-                                         stdin=subprocess.DEVNULL)
-        atexit.register(self.stop)
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if not self.running:
-                raise RemoteUnavailable(f"the {self.label} exited at startup (code {self._process.returncode}); "
-                                        "see the app's log")
+        return self.launch().wait_ready()
+
+    def launch(self) -> LoopbackServer:
+        """Start the server process, without waiting for it to answer (a second call does nothing)."""
+        with self._lock:
+            if self.running:
+                return self
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.port = sock.getsockname()[1]
+            command = [sys.executable, "-m", "inference.server", "--host", "127.0.0.1", "--port", str(self.port),
+                       "--concurrency", str(self.concurrency), "--exit-with-parent", "--log-level", "warning"]
+            if not self.preload:
+                command.append("--no-preload")
+            for model_id, source in self.models.items():
+                command += ["--model", f"{model_id}={source}"]
+            env = {**os.environ, **self.env, "INFERENCE_SERVER_TOKEN": self._token}
+            for variable in ("REMOTE_INFERENCE_ENABLED", "REMOTE_INFERENCE_ENDPOINT", "REMOTE_INFERENCE_TOKEN"):
+                env.pop(variable, None)  # the loopback server is an endpoint, not a gateway
+            self._ready = False
+            self._launched_at = time.monotonic()
+            self._process = subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parent.parent,
+                                             stdin=subprocess.DEVNULL)
+            if not self._registered:
+                atexit.register(self.stop)
+                self._registered = True
+            log.info("starting the %s on port %d (pid %d)", self.label, self.port, self._process.pid)
+        return self
+
+    _registered = False
+
+    def wait_ready(self, progress: Callable[[float], None] | None = None) -> LoopbackServer:
+        """Wait until the launched server answers ``/health``; ``progress(seconds_since_launch)`` meanwhile.
+
+        Raises:
+            RemoteUnavailable: the server exited, or did not answer within ``startup_timeout``.
+        """
+        if self._process is None:
+            self.launch()
+        deadline = self._launched_at + self.startup_timeout
+        while not self._ready:
+            process = self._process
+            if process is None or process.poll() is not None:
+                code = process.returncode if process is not None else None
+                raise RemoteUnavailable(f"the {self.label} exited at startup (code {code}); see the app's log")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    log.info("started the %s on port %d", self.label, self.port)
-                    return self
+                    self._ready = True
+                    log.info("the %s answers after %.1f s", self.label, time.monotonic() - self._launched_at)
+                    break
             except httpx.TransportError:
                 pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RemoteUnavailable(f"the {self.label} did not start within {self.startup_timeout:g} s")
+            if progress is not None:
+                progress(time.monotonic() - self._launched_at)
             time.sleep(0.2)
-        self.stop()
-        raise RemoteUnavailable(f"the {self.label} did not start within {self.startup_timeout:g} s")
+        return self
 
-    def stop(self) -> None:
-        """Stop the server (also run at exit)."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop the server (also run at exit): SIGTERM, and SIGKILL if it is still there after ``timeout``."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
             try:
-                self._process.wait(timeout=10)
+                process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self._process.kill()
+                process.kill()
+                process.wait(timeout=timeout)
+        self._ready = False

@@ -41,19 +41,19 @@ with right:
     st.caption(f"Task: `{task}`")
     params = {"max_new_tokens": st.session_state[f"{P}_max_new_tokens"]}
 
+    args, kwargs = (picked.data,), {"prompt": prompt, **params}
+    runner.forget_stale(P, runner.inputs_key(task, model_id, mode, args, kwargs))
     go, again, share_slot = runner.buttons(P, mode, "Describe" if not prompt else "Ask")
     with share_slot:
         ui.share_box({"mode": sidebar.mode_param(), "model": model_id, "prompt": prompt or "",
                       "max_new_tokens": params["max_new_tokens"], "sample": picked.sample})
     streamed = False
     if (go or again) and not picked.data:
-        st.warning("Pick a sample, upload an image or take a picture first.", icon=":material/image:")
+        ui.need_image(picked)
     elif go:
-        streamed = runner.run(P, "image to text", task, model_id, mode, (picked.data,), {"prompt": prompt, **params},
-                              stream=True)
+        streamed = runner.run(P, "image to text", task, model_id, mode, args, kwargs, stream=True)
     elif again:
-        runner.repeat(P, task, model_id, mode, (picked.data,), {"prompt": prompt, **params},
-                      st.session_state[f"{P}_runs"])
+        runner.repeat(P, "image to text", task, model_id, mode, args, kwargs, st.session_state[f"{P}_runs"])
     runner.render_text(P, streamed)
 
 ui.history()

@@ -36,19 +36,20 @@ with left:
     model_id = st.session_state[f"{P}_model"].strip()
     ui.demo_note(model_id)
     params = {"threshold": st.session_state[f"{P}_threshold"]}
+    runner.forget_stale(P, runner.inputs_key(TASK, model_id, mode, (picked.data,), params))
     go, again, share_slot = runner.buttons(P, mode, "Detect")
     with share_slot:
         ui.share_box({"mode": sidebar.mode_param(), "model": model_id, "threshold": params["threshold"],
                       "sample": picked.sample})
     if (go or again) and not picked.data:
-        st.warning("Pick a sample, upload an image or take a picture first.", icon=":material/image:")
+        ui.need_image(picked)
     elif go:
         runner.run(P, "object detection", TASK, model_id, mode, (picked.data,), params)
         st.session_state[f"{P}_image"] = picked.data  # the picture these boxes belong to
         st.session_state.pop(f"{P}_classes", None)  # a new result shows every class again
     elif again:
-        runner.repeat(P, TASK, model_id, mode, (picked.data,), params, st.session_state[f"{P}_runs"])
-    if not runner.last(P) and picked.data:
+        runner.repeat(P, "object detection", TASK, model_id, mode, (picked.data,), params, st.session_state[f"{P}_runs"])
+    if not any(outcome.ok for outcome in runner.last(P).values()) and picked.data:
         st.image(picked.data, caption=picked.label, width="stretch")
 
 with right:

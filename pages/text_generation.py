@@ -46,6 +46,7 @@ if st.session_state[f"{P}_temperature"] > 0:
     params.update(temperature=st.session_state[f"{P}_temperature"], top_p=st.session_state[f"{P}_top_p"],
                   seed=st.session_state[f"{P}_seed"])
 
+runner.forget_stale(P, runner.inputs_key(TASK, model_id, mode, (prompt,), params))
 generate, repeat, share_slot = runner.buttons(P, mode, "Generate")
 with share_slot:
     ui.share_box({"mode": sidebar.mode_param(), "model": model_id, "prompt": prompt, **{
@@ -55,7 +56,7 @@ streamed = False
 if generate:
     streamed = runner.run(P, "text generation", TASK, model_id, mode, (prompt,), params, stream=True)
 if repeat:
-    runner.repeat(P, TASK, model_id, mode, (prompt,), params, st.session_state[f"{P}_runs"])
+    runner.repeat(P, "text generation", TASK, model_id, mode, (prompt,), params, st.session_state[f"{P}_runs"])
 runner.render_text(P, streamed)
 
 ui.history()

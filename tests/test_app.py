@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import TOKEN, serve, served_demo_models, wait_loaded
+from conftest import TOKEN, serve, wait_loaded
 from inference import Settings
+from inference.demo_models import demo_name
 from inference.server import create_app
 
 PAGES = {
@@ -107,8 +108,8 @@ def test_compare_uses_the_loopback_server_when_no_endpoint_is_set():
 
 @pytest.fixture(scope="module")
 def endpoint(demo_dir):
-    """A token-protected server that serves the app's demo models under their own ids."""
-    models = {path: path for path in served_demo_models(demo_dir).values()}
+    """A token-protected server that serves the app's demo models under their short names (``demo/<task>``)."""
+    models = {demo_name(task): demo_name(task) for task in demo_dir}
     with serve(create_app(models, settings=Settings(server_tokens=(TOKEN,)))) as url:
         wait_loaded(url, 4)
         yield {"REMOTE_INFERENCE_ENABLED": "true", "REMOTE_INFERENCE_ENDPOINT": f"{url}/inference",
@@ -179,7 +180,7 @@ def test_settings_survive_switching_pages():
 
 
 def test_share_link_restores_settings_and_ignores_endpoint_and_token(demo_dir):
-    query = {"mode": "remote", "model": demo_dir["text-generation"], "prompt": "hello there", "max_new_tokens": "12",
+    query = {"mode": "remote", "model": "demo/text-generation", "prompt": "hello there", "max_new_tokens": "12",
              "temperature": "0.7", "seed": "7",
              "endpoint": "http://attacker.example/inference", "token": "stolen", "REMOTE_INFERENCE_ENDPOINT": "x"}
     at = app("text-generation", query=query)

@@ -14,8 +14,9 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import pandas as pd
 import streamlit as st
 
-from inference import DetectionResult, InferenceError, TextResult
+from inference import DetectionResult, InferenceError, InvalidInput, TextResult
 from inference.compare import DetectionParity, Outcome, RunStats, TextParity, summarize
+from inference.images import ImageData
 
 from . import state
 
@@ -109,9 +110,10 @@ def share_box(settings: dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class PickedImage:
-    data: bytes | None
+    data: bytes | None  # None until there is an image, and for a file that is not a usable image
     label: str | None
     sample: str | None  # the sample's name, when a sample was picked (shareable)
+    error: str | None = None  # what is wrong with the uploaded file (already shown on the page)
 
 
 def samples() -> dict[str, str]:
@@ -119,21 +121,52 @@ def samples() -> dict[str, str]:
     return {path.stem: str(path) for path in sorted(state.ASSETS.glob("*.jpg"))}
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def image_problem(data: bytes, name: str, max_pixels: int) -> str | None:
+    """What is wrong with an uploaded file as an image, or None when it decodes.
+
+    The header is checked first (an empty file, not an image, too many pixels: nothing is decoded), then
+    the pixels are decoded once, so a damaged body is caught here too and not by the preview.
+    """
+    try:
+        ImageData(data, max_pixels=max_pixels).image
+    except InvalidInput as exc:
+        return str(exc).replace("the image data", name, 1)
+    return None
+
+
 def image_picker(prefix: str) -> PickedImage:
-    """Image from a sample, an upload or the camera."""
+    """Image from a sample, an upload or the camera; a file that is not a usable image is an error shown here."""
     source = st.segmented_control("Image", ["Sample", "Upload", "Camera"], key=f"{prefix}_source",
                                   width="stretch") or "Sample"
-    if source == "Upload":
-        upload = st.file_uploader("Upload an image", type=["jpg", "jpeg", "png", "webp"], key=f"{prefix}_upload",
-                                  help="JPEG, PNG or WebP; up to 20 MB")
-        return PickedImage(upload.getvalue() if upload else None, upload.name if upload else None, None)
-    if source == "Camera":
-        shot = st.camera_input("Take a picture", key=f"{prefix}_camera")
-        return PickedImage(shot.getvalue() if shot else None, "camera" if shot else None, None)
+    if source in ("Upload", "Camera"):
+        if source == "Upload":
+            upload = st.file_uploader("Upload an image", type=["jpg", "jpeg", "png", "webp"], key=f"{prefix}_upload",
+                                      help="JPEG, PNG or WebP; up to 20 MB")
+            name = f"{upload.name!r}" if upload else ""
+        else:
+            upload = st.camera_input("Take a picture", key=f"{prefix}_camera")
+            name = "the picture"
+        if upload is None:
+            return PickedImage(None, None, None)
+        data = upload.getvalue()
+        problem = image_problem(data, name, state.app_settings().max_image_pixels)
+        if problem:
+            st.error(f"This file cannot be used: {problem}.", icon=":material/broken_image:")
+            return PickedImage(None, None, None, error=problem)
+        return PickedImage(data, upload.name if source == "Upload" else "camera", None)
     paths = samples()
     name = st.selectbox("Sample image", list(paths), key=f"{prefix}_sample", format_func=lambda n: n.title())
     with open(paths[name], "rb") as handle:
         return PickedImage(handle.read(), f"{name}.jpg", name)
+
+
+def need_image(picked: PickedImage) -> None:
+    """Said when a run is asked for without a usable image."""
+    if picked.error:
+        st.error(f"Nothing was run: {picked.error}. Or pick a sample.", icon=":material/broken_image:")
+    else:
+        st.warning("Pick a sample, upload an image or take a picture first.", icon=":material/image:")
 
 
 def demo_note(model_id: str) -> None:
@@ -257,14 +290,27 @@ def repeated_runs(stats: dict[str, RunStats]) -> None:
     st.altair_chart(points + ticks, width="stretch")
 
 
-def record(page: str, outcome: Outcome) -> None:
-    """Add one run to this session's history."""
-    row = {"time": datetime.now().strftime("%H:%M:%S"), "page": page, "backend": outcome.backend}
+#: History columns in this order (others, such as task parameters, follow).
+HISTORY_COLUMNS = ("time", "page", "mode", "backend", "model", "task", "round", "prompt", "output", "total_ms",
+                   "ttft_ms", "tokens", "tokens_per_s", "server_ms", "network_ms", "load_ms")
+
+
+def record(page: str, outcome: Outcome, settings: dict[str, Any] | None = None) -> None:
+    """Add one run to this session's history: its settings (mode, model, parameters), output and timings."""
+    row: dict[str, Any] = {"time": datetime.now().strftime("%H:%M:%S"), "page": page, "backend": outcome.backend,
+                           **(settings or {})}
     if outcome.ok:
         assert outcome.result is not None
-        row.update(summarize(outcome.result))
+        summary = summarize(outcome.result)
+        summary.pop("model_id", None)  # the model as entered is in the settings already
+        row.update(summary)
     else:
-        row.update({"output": f"error: {outcome.error}", "total_ms": round(outcome.wall_ms, 1)})
+        row.update({"output": f"error: {outcome.error}", "total_ms": outcome.wall_ms})
+    for name, value in row.items():
+        if isinstance(value, float):
+            row[name] = round(value, 1)  # milliseconds to a tenth, tokens/s to one decimal: what is meaningful
+        elif isinstance(value, str) and name in ("prompt", "output") and len(value) > 120:
+            row[name] = value[:119] + "…"
     st.session_state.setdefault("history", []).append(row)
 
 
@@ -276,6 +322,8 @@ def history() -> None:
             st.caption("Runs of this session appear here.")
             return
         frame = pd.DataFrame(rows)
+        first = [name for name in HISTORY_COLUMNS if name in frame.columns]
+        frame = frame[first + [name for name in frame.columns if name not in first]]
         st.dataframe(frame, hide_index=True, width="stretch")
         st.download_button("Download CSV", frame.to_csv(index=False).encode(), file_name="inference-runs.csv",
                            mime="text/csv", key="history_csv", icon=":material/download:")

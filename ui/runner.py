@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import streamlit as st
 
-from inference import InferenceError
-from inference.compare import Outcome, run_both, run_repeated, text_parity
+from inference import InferenceError, Model
+from inference.compare import Outcome, RunStats, run_both, text_parity
 
 from . import components as ui
 from . import sidebar, state
@@ -15,21 +17,45 @@ from . import sidebar, state
 BACKENDS = {"Local": ("local",), "Remote": ("remote",), "Compare": ("local", "remote")}
 
 
+def inputs_key(task: str, model_id: str, mode: str, args: tuple, kwargs: dict[str, Any]) -> str:
+    """A fingerprint of everything a run depends on (images by content), to tell whose results are shown."""
+    digest = hashlib.sha256()
+    for part in (task, model_id, mode, *args, json.dumps(kwargs, sort_keys=True, default=str)):
+        digest.update(part if isinstance(part, bytes) else repr(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def forget_stale(prefix: str, key: str) -> None:
+    """Results belong to the inputs that made them: once the inputs on screen differ, drop the results."""
+    if st.session_state.get(f"{prefix}_inputs", key) != key:
+        for name in ("last", "stats", "inputs"):
+            st.session_state.pop(f"{prefix}_{name}", None)
+
+
+def _models(model_id: str, task: str, mode: str) -> tuple[dict[str, Model], dict[str, Outcome]]:
+    """(model handles, outcomes of the backends whose model could not be had): one failing spares the other."""
+    models, failed = {}, {}
+    for backend in BACKENDS[mode]:
+        try:
+            models[backend] = state.get_model(model_id, task, backend)
+        except InferenceError as exc:
+            failed[backend] = Outcome(backend, error=exc)
+    return models, failed
+
+
 def run(prefix: str, label: str, task: str, model_id: str, mode: str, args: tuple, kwargs: dict[str, Any], *,
         stream: bool = False) -> bool:
     """Run once on the mode's backends and keep the outcomes under ``{prefix}_last``.
 
     One backend with ``stream``: the text is written into the page as it is generated (returns True).
-    Two backends: both run at once; one failing never hides the other's result.
+    Two backends: both run at once; one failing never hides the other's result. Whatever happens, the
+    outcomes kept are this run's: an error replaces the results of an earlier run.
     """
-    outcomes: dict[str, Outcome] = {}
+    key = inputs_key(task, model_id, mode, args, kwargs)
+    models, outcomes = _models(model_id, task, mode)
     streamed = False
-    try:
-        models = {backend: state.get_model(model_id, task, backend) for backend in BACKENDS[mode]}
-    except InferenceError as exc:
-        ui.show_error(exc)
-        return False
-    if len(models) == 1 and stream:
+    if len(models) == 1 and not outcomes and stream:
         (backend, model), = models.items()
         try:
             text_stream = model.stream(*args, **kwargs)
@@ -38,36 +64,61 @@ def run(prefix: str, label: str, task: str, model_id: str, mode: str, args: tupl
             streamed = True
         except InferenceError as exc:
             outcomes[backend] = Outcome(backend, error=exc)
-    else:
+    elif models:
         spinner = "Running on both backends at once…" if len(models) > 1 else f"Running {model_id}…"
         with st.spinner(spinner):
-            outcomes = run_both({backend: (lambda m=model: m(*args, **kwargs)) for backend, model in models.items()})
+            outcomes.update(run_both({backend: (lambda m=model: m(*args, **kwargs))
+                                      for backend, model in models.items()}))
+    outcomes = {backend: outcomes[backend] for backend in BACKENDS[mode]}  # Local before Remote
+    settings = _history_settings(mode, model_id, task, args, kwargs)
     for outcome in outcomes.values():
-        ui.record(label, outcome)
-    if "remote" in models:
+        ui.record(label, outcome, settings)
+    if "remote" in BACKENDS[mode]:
         sidebar.count_remote_run()
     st.session_state[f"{prefix}_last"] = outcomes
+    st.session_state[f"{prefix}_inputs"] = key
     st.session_state.pop(f"{prefix}_stats", None)
     return streamed
 
 
-def repeat(prefix: str, task: str, model_id: str, mode: str, args: tuple, kwargs: dict[str, Any], n: int) -> None:
-    """Run ``n`` rounds on the mode's backends with a progress bar; keep the latencies under ``{prefix}_stats``."""
-    try:
-        models = {backend: state.get_model(model_id, task, backend) for backend in BACKENDS[mode]}
-    except InferenceError as exc:
-        ui.show_error(exc)
-        return
-    bar = st.progress(0.0, text="Running…")
-    stats = run_repeated({backend: (lambda m=model: m(*args, **kwargs)) for backend, model in models.items()}, n,
-                         progress=lambda done, total: bar.progress(done / total, text=f"Round {done} of {total}"))
-    bar.empty()
-    if "remote" in models:
+def repeat(prefix: str, label: str, task: str, model_id: str, mode: str, args: tuple, kwargs: dict[str, Any],
+           n: int) -> None:
+    """Run ``n`` rounds on the mode's backends with a progress bar; keep the latencies under ``{prefix}_stats``.
+
+    Every run lands in the history, like a single run.
+    """
+    key = inputs_key(task, model_id, mode, args, kwargs)
+    models, failed = _models(model_id, task, mode)
+    settings = _history_settings(mode, model_id, task, args, kwargs)
+    stats = {backend: RunStats(backend) for backend in BACKENDS[mode]}
+    for outcome in failed.values():
+        stats[outcome.backend].errors.append(str(outcome.error))
+        ui.record(label, outcome, settings)
+    if models:
+        bar = st.progress(0.0, text=f"Round 1 of {n}…")
+        for done in range(1, n + 1):
+            for backend, outcome in run_both({backend: (lambda m=model: m(*args, **kwargs))
+                                               for backend, model in models.items()}).items():
+                if outcome.ok:
+                    stats[backend].total_ms.append(outcome.result.timings.total_ms)
+                else:
+                    stats[backend].errors.append(str(outcome.error))
+                ui.record(label, outcome, {**settings, "round": f"{done}/{n}"})
+            bar.progress(done / n, text=f"Round {done} of {n}")
+        bar.empty()
+    if "remote" in BACKENDS[mode]:
         sidebar.count_remote_run()
-    for item in stats.values():
-        for error in dict.fromkeys(item.errors):  # each distinct error once
-            st.error(f"{ui.BACKEND_LABEL[item.backend]}: {error}", icon=":material/error:")
     st.session_state[f"{prefix}_stats"] = stats
+    st.session_state[f"{prefix}_inputs"] = key
+
+
+def _history_settings(mode: str, model_id: str, task: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a run as its history row shows them: mode, model, task, prompt and parameters."""
+    settings: dict[str, Any] = {"mode": mode, "model": model_id, "task": task}
+    if args and isinstance(args[0], str):
+        settings["prompt"] = args[0]
+    settings.update({name: value for name, value in kwargs.items() if value is not None})
+    return settings
 
 
 def last(prefix: str) -> dict[str, Outcome]:
@@ -96,8 +147,12 @@ def render_text(prefix: str, streamed: bool) -> None:
 
 def render_stats(prefix: str) -> None:
     if f"{prefix}_stats" in st.session_state:
+        stats = st.session_state[f"{prefix}_stats"]
         st.subheader("Repeated runs")
-        ui.repeated_runs(st.session_state[f"{prefix}_stats"])
+        for item in stats.values():
+            for error in dict.fromkeys(item.errors):  # each distinct error once
+                st.error(f"{ui.BACKEND_LABEL[item.backend]}: {error}", icon=":material/error:")
+        ui.repeated_runs(stats)
 
 
 def buttons(prefix: str, mode: str, action: str) -> tuple[bool, bool, Any]:

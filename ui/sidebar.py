@@ -18,8 +18,12 @@ REMOTE_RUNS_KEY = "_remote_runs"
 
 
 @st.cache_data(ttl=15, show_spinner=False)
-def _remote_health(endpoints: tuple[str, ...], _settings, _runs: int) -> tuple[bool, str, list[dict]]:
-    """(reachable, message, served models) for the endpoint, cached briefly and until the next remote run."""
+def _remote_health(endpoints: tuple[str, ...], _settings, runs: int) -> tuple[bool, str, list[dict]]:
+    """(reachable, message, served models) for the endpoint, cached briefly and until the next remote run.
+
+    ``runs`` (this session's count of remote runs) is part of the cache key: a run may have loaded a model
+    there, so the status is asked again after it. (``_settings`` is left out of the key: the endpoints are in it.)
+    """
     engine = state.get_engine()
     client = engine.remote_client(_settings)
     try:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-import os
+import time
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from inference import Engine, InferenceError, Model, Settings, load_model
-from inference.demo_models import build_demo_models, hub_reachable, is_cached, is_demo_model
+from inference import Engine, InferenceError, Model, ModelLoadError, Settings, load_model
+from inference.demo_models import (
+    DEMO_PREFIX,
+    build_demo_models,
+    default_demo_dir,
+    demo_name,
+    hub_reachable,
+    is_cached,
+    is_demo_model,
+)
 from inference.loopback import LoopbackServer
 from inference.remote import endpoint_host
 from inference.tasks import TASKS
 
-#: Where the app builds the offline demo models when the hub cannot be reached.
-DEMO_DIR = Path(os.environ.get("INFERENCE_DEMO_MODELS_DIR", Path.home() / ".cache" / "inference-studio" / "demo-models"))
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
@@ -52,7 +58,12 @@ def hub_is_reachable() -> bool:
 
 @st.cache_resource(show_spinner="Building the offline demo models (a few seconds, once)…")
 def demo_models() -> dict[str, str]:
-    return {task: str(path) for task, path in build_demo_models(DEMO_DIR).items()}
+    """task → short name (``demo/<task>``) of its offline demo model, built in ``default_demo_dir()``.
+
+    People see the short name only: the directory would tell a share link's recipient the host's home.
+    """
+    build_demo_models(default_demo_dir())
+    return {task: demo_name(task) for task in TASKS}
 
 
 def default_model(task: str) -> str:
@@ -67,11 +78,39 @@ def is_demo(model_id: str) -> bool:
     return is_demo_model(model_id)
 
 
-@st.cache_resource(show_spinner="Starting the loopback server on this machine…")
+def check_obtainable(model_id: str) -> None:
+    """Fail at once for a hub model this machine cannot get, instead of after the hub client's retries.
+
+    Raises:
+        ModelLoadError: ``model_id`` is not a directory, not a demo model, not in the local Hugging Face
+            cache, and the hub cannot be reached from here.
+    """
+    if model_id.startswith(DEMO_PREFIX) or Path(model_id).expanduser().exists() or is_cached(model_id):
+        return
+    if hub_is_reachable():
+        return
+    demos = ", ".join(f"`{demo_name(task)}`" for task in TASKS)
+    raise ModelLoadError(
+        f"{model_id!r} is not in this machine's Hugging Face cache, and the Hugging Face Hub cannot be reached "
+        f"from here, so it cannot be downloaded. Use a cached model, a local model directory or an offline "
+        f"demo model ({demos}), or run the app on a machine that can reach huggingface.co."
+    )
+
+
+#: Seconds the loopback server usually takes to answer (imports of torch and transformers), for its progress bar.
+LOOPBACK_EXPECTED_S = 10.0
+
+
+@st.cache_resource(show_spinner=False)
 def loopback_server() -> LoopbackServer:
-    """The bundled reference server on 127.0.0.1, serving every task's default model under its own id."""
+    """The bundled reference server on 127.0.0.1, serving every task's default model under its own id.
+
+    Launched here and not waited for (``remote_target`` waits, with progress). Its models load on their
+    first request; when the hub is out of reach it runs offline, so an unknown model fails at once there too.
+    """
     models = {default_model(task): default_model(task) for task in TASKS}
-    return LoopbackServer(models).start()
+    env = {} if hub_is_reachable() else {"HF_HUB_OFFLINE": "1"}
+    return LoopbackServer(models, env=env).launch()
 
 
 def remote_target() -> tuple[Settings, str]:
@@ -80,7 +119,29 @@ def remote_target() -> tuple[Settings, str]:
     if settings.remote_configured:
         return settings, ", ".join(endpoint_host(url) for url in settings.remote_endpoints)
     server = loopback_server()
+    if not server.ready:
+        _wait_for(server)
     return server.settings(settings), LoopbackServer.label
+
+
+def _wait_for(server: LoopbackServer) -> None:
+    """Wait for the loopback server to answer, showing how long it has taken so far."""
+    started = time.monotonic()
+    with st.status("Starting the server on this machine…", expanded=True) as status:
+        bar = st.progress(0.0, text="Starting the server on this machine…")
+
+        def progress(seconds: float) -> None:
+            bar.progress(min(seconds / LOOPBACK_EXPECTED_S, 0.95),
+                         text=f"Starting the server on this machine… {seconds:.0f} s (once per app process)")
+
+        try:
+            server.launch().wait_ready(progress)
+        except InferenceError:
+            status.update(label="The server on this machine did not start", state="error")
+            raise
+        bar.empty()
+        status.update(label=f"Started the server on this machine in {time.monotonic() - started:.1f} s",
+                      state="complete", expanded=False)
 
 
 def get_model(model_id: str, task: str, backend: str) -> Model:
@@ -88,7 +149,10 @@ def get_model(model_id: str, task: str, backend: str) -> Model:
     engine = get_engine()
     if backend == "remote":
         settings, _ = remote_target()
+        if not app_settings().remote_configured:
+            check_obtainable(model_id)  # the loopback server runs on this machine: the same cache, the same hub
         return load_model(model_id, task=task, backend="remote", engine=engine, settings=settings)
+    check_obtainable(model_id)
     if not engine.loaded(model_id):
         with st.status(f"Loading {model_id} for {task}…", expanded=False) as status:
             try:
@@ -96,8 +160,13 @@ def get_model(model_id: str, task: str, backend: str) -> Model:
             except InferenceError:
                 status.update(label=f"Could not load {model_id}", state="error")
                 raise
-            status.update(label=f"Loaded {model_id} on {model.info.device} in {model.info.load_ms / 1000:.1f} s",
-                          state="complete")
+            info = model.info
+            if info.load_ms is None:  # another session loaded it while this one waited
+                status.update(label=f"{model_id} is ready on {info.device} (loaded for another session)",
+                              state="complete")
+            else:
+                status.update(label=f"Loaded {model_id} on {info.device} in {info.load_ms / 1000:.1f} s",
+                              state="complete")
             return model
     return load_model(model_id, task=task, backend="local", engine=engine)
 
