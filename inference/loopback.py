@@ -55,6 +55,8 @@ class LoopbackServer:
         self._lock = threading.Lock()
         self._ready = False
         self._launched_at = 0.0
+        #: Seconds from launch until the server first answered ``/health`` (None until then).
+        self.startup_s: float | None = None
         self.port: int | None = None
 
     def __repr__(self) -> str:
@@ -134,8 +136,9 @@ class LoopbackServer:
                 raise RemoteUnavailable(f"the {self.label} exited at startup (code {code}); see the app's log")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
+                    self.startup_s = time.monotonic() - self._launched_at
                     self._ready = True
-                    log.info("the %s answers after %.1f s", self.label, time.monotonic() - self._launched_at)
+                    log.info("the %s answers after %.1f s", self.label, self.startup_s)
                     break
             except httpx.TransportError:
                 pass

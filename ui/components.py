@@ -129,7 +129,7 @@ def image_problem(data: bytes, name: str, max_pixels: int) -> str | None:
     the pixels are decoded once, so a damaged body is caught here too and not by the preview.
     """
     try:
-        ImageData(data, max_pixels=max_pixels).image
+        ImageData(data, max_pixels=max_pixels).image  # noqa: B018 (decoding is the check)
     except InvalidInput as exc:
         return str(exc).replace("the image data", name, 1)
     return None

@@ -58,15 +58,15 @@ def run(prefix: str, label: str, task: str, model_id: str, mode: str, args: tupl
     if len(models) == 1 and not outcomes and stream:
         (backend, model), = models.items()
         try:
-            text_stream = model.stream(*args, **kwargs)
-            st.write_stream(text_stream)
+            with st.spinner(_running(model_id, models)):
+                text_stream = model.stream(*args, **kwargs)
+                st.write_stream(text_stream)
             outcomes[backend] = Outcome(backend, result=text_stream.result)
             streamed = True
         except InferenceError as exc:
             outcomes[backend] = Outcome(backend, error=exc)
     elif models:
-        spinner = "Running on both backends at once…" if len(models) > 1 else f"Running {model_id}…"
-        with st.spinner(spinner):
+        with st.spinner(_running(model_id, models)):
             outcomes.update(run_both({backend: (lambda m=model: m(*args, **kwargs))
                                       for backend, model in models.items()}))
     outcomes = {backend: outcomes[backend] for backend in BACKENDS[mode]}  # Local before Remote
@@ -110,6 +110,15 @@ def repeat(prefix: str, label: str, task: str, model_id: str, mode: str, args: t
         sidebar.count_remote_run()
     st.session_state[f"{prefix}_stats"] = stats
     st.session_state[f"{prefix}_inputs"] = key
+
+
+def _running(model_id: str, models: dict[str, Model]) -> str:
+    """What the spinner says while a run is under way."""
+    if len(models) > 1:
+        where = "on both backends at once"
+    else:
+        where = f"on the {ui.BACKEND_LABEL[next(iter(models))].lower()} backend"
+    return f"Running {model_id} {where} (a model's first run also loads it)…"
 
 
 def _history_settings(mode: str, model_id: str, task: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
