@@ -29,6 +29,20 @@ __all__ = ["LoopbackServer"]
 log = logging.getLogger(__name__)
 
 
+#: ``python -m inference.server`` that also imports torch and transformers' model machinery in the background
+#: from the start: every first request needs them (5 s of imports on 2 cores), none needs every model loaded.
+_WARM_START = """
+import sys, threading
+
+def warm():
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer, GenerationMixin, PreTrainedModel  # noqa: F401
+
+threading.Thread(target=warm, name="import-warm-up", daemon=True).start()
+from inference.server import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 class LoopbackServer:
     """``python -m inference.server`` on 127.0.0.1, serving ``models`` (served id → source).
 
@@ -99,12 +113,13 @@ class LoopbackServer:
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 self.port = sock.getsockname()[1]
-            command = [sys.executable, "-m", "inference.server", "--host", "127.0.0.1", "--port", str(self.port),
-                       "--concurrency", str(self.concurrency), "--exit-with-parent", "--log-level", "warning"]
+            arguments = ["--host", "127.0.0.1", "--port", str(self.port), "--concurrency", str(self.concurrency),
+                         "--exit-with-parent", "--log-level", "warning"]
             if not self.preload:
-                command.append("--no-preload")
+                arguments.append("--no-preload")
             for model_id, source in self.models.items():
-                command += ["--model", f"{model_id}={source}"]
+                arguments += ["--model", f"{model_id}={source}"]
+            command = [sys.executable, "-c", _WARM_START, *arguments]
             env = {**os.environ, **self.env, "INFERENCE_SERVER_TOKEN": self._token}
             for variable in ("REMOTE_INFERENCE_ENABLED", "REMOTE_INFERENCE_ENDPOINT", "REMOTE_INFERENCE_TOKEN"):
                 env.pop(variable, None)  # the loopback server is an endpoint, not a gateway

@@ -57,7 +57,7 @@ with right:
     results = {backend: outcome.result for backend, outcome in outcomes.items() if outcome.ok}
     for outcome in outcomes.values():
         if outcome.error is not None:
-            ui.show_error(outcome.error, st)
+            ui.show_error(outcome.error, backend=outcome.backend if len(outcomes) > 1 else None)
     if results:
         image = st.session_state[f"{P}_image"]
         found = sorted({name for result in results.values() for name in result.class_names})

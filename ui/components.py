@@ -179,8 +179,10 @@ def demo_note(model_id: str) -> None:
 # --------------------------------------------------------------------------- results
 
 
-def show_error(error: InferenceError, container: Any = st) -> None:
-    container.error(f"{type(error).__name__}: {error}", icon=":material/error:")
+def show_error(error: InferenceError, container: Any = st, *, backend: str | None = None) -> None:
+    """An ``InferenceError`` as people read it; ``backend`` names the side it came from in Compare."""
+    where = f"{BACKEND_LABEL[backend]}: " if backend else ""
+    container.error(f"{where}{type(error).__name__}: {error}", icon=":material/error:")
 
 
 def timing_metrics(result: TextResult | DetectionResult, container: Any = st, *, compact: bool = False) -> None:
