@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -81,9 +82,8 @@ class ImageData:
             orientation = exif.get(_ORIENTATION, 1)
         except InvalidInput:
             raise
-        except Image.DecompressionBombError:
-            raise InvalidInput(f"{self.origin} is too large to decode safely (over {max_pixels:,} pixels): "
-                               "resize it first", code="image_too_large") from None
+        except Image.DecompressionBombError as exc:
+            raise _bomb(self.origin, max_pixels, exc) from None
         except UnidentifiedImageError:
             raise InvalidInput(f"{self.origin} is not an image Pillow can read: use JPEG, PNG or WebP",
                                code="unsupported_media_type") from None
@@ -171,11 +171,8 @@ def _decode(data: bytes, origin: str, max_pixels: int) -> Image.Image:
         image.load()
     except InvalidInput:
         raise
-    except Image.DecompressionBombError:
-        raise InvalidInput(
-            f"{origin} is too large to decode safely (over {max_pixels:,} pixels): resize it first",
-            code="image_too_large",
-        ) from None
+    except Image.DecompressionBombError as exc:
+        raise _bomb(origin, max_pixels, exc) from None
     except UnidentifiedImageError:
         raise InvalidInput(f"{origin} is not an image Pillow can read: use JPEG, PNG or WebP",
                            code="unsupported_media_type") from None
@@ -190,6 +187,14 @@ def _decode(data: bytes, origin: str, max_pixels: int) -> Image.Image:
 # NOTE: no warnings.catch_warnings() around Image.open: it swaps the process-wide filters, which is not
 # thread-safe (the server decodes on many threads). Pillow itself only raises DecompressionBombError past
 # twice its own limit; every size past ``max_pixels`` is refused by _check_size before any pixel is decoded.
+def _bomb(origin: str, max_pixels: int, exc: Image.DecompressionBombError) -> InvalidInput:
+    """Pillow refused to open a huge image (before our size check could): say how large it is, as that check does."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))  # "Image size (400000000 pixels) exceeds limit of ..."
+    size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    return InvalidInput(f"{origin} is too large: {size}, over the limit of {max_pixels:,}. Resize it first (or "
+                        "raise INFERENCE_MAX_IMAGE_PIXELS)", code="image_too_large")
+
+
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width <= 0 or height <= 0:
