@@ -29,20 +29,6 @@ __all__ = ["LoopbackServer"]
 log = logging.getLogger(__name__)
 
 
-#: ``python -m inference.server`` that also imports torch and transformers' model machinery in the background
-#: from the start: every first request needs them (5 s of imports on 2 cores), none needs every model loaded.
-_WARM_START = """
-import sys, threading
-
-def warm():
-    from transformers import AutoConfig, AutoProcessor, AutoTokenizer, GenerationMixin, PreTrainedModel  # noqa: F401
-
-threading.Thread(target=warm, name="import-warm-up", daemon=True).start()
-from inference.server import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 class LoopbackServer:
     """``python -m inference.server`` on 127.0.0.1, serving ``models`` (served id → source).
 
@@ -69,6 +55,7 @@ class LoopbackServer:
         self._lock = threading.Lock()
         self._ready = False
         self._launched_at = 0.0
+        self._registered = False  # stop() registered to run at exit
         #: Seconds from launch until the server first answered ``/health`` (None until then).
         self.startup_s: float | None = None
         self.port: int | None = None
@@ -119,7 +106,8 @@ class LoopbackServer:
                 arguments.append("--no-preload")
             for model_id, source in self.models.items():
                 arguments += ["--model", f"{model_id}={source}"]
-            command = [sys.executable, "-c", _WARM_START, *arguments]
+            # The server imports torch and transformers at once, in the background: each first request needs them.
+            command = [sys.executable, "-m", "inference.server", *arguments]
             env = {**os.environ, **self.env, "INFERENCE_SERVER_TOKEN": self._token}
             for variable in ("REMOTE_INFERENCE_ENABLED", "REMOTE_INFERENCE_ENDPOINT", "REMOTE_INFERENCE_TOKEN"):
                 env.pop(variable, None)  # the loopback server is an endpoint, not a gateway
@@ -132,8 +120,6 @@ class LoopbackServer:
                 self._registered = True
             log.info("starting the %s on port %d (pid %d)", self.label, self.port, self._process.pid)
         return self
-
-    _registered = False
 
     def wait_ready(self, progress: Callable[[float], None] | None = None) -> LoopbackServer:
         """Wait until the launched server answers ``/health``; ``progress(seconds_since_launch)`` meanwhile.

@@ -571,7 +571,11 @@ def create_app(
     tokens = [token.encode() for token in settings.server_tokens]
 
     def warm_up() -> None:
-        for model in served.values():  # every model's tasks and classes first: they are read from configs
+        # What every first request needs, whatever its model: torch and transformers' model machinery (seconds
+        # of imports). Then every model's tasks and classes, read from configs; then, with preload, the weights.
+        from transformers import GenerationMixin, PreTrainedModel  # noqa: F401
+
+        for model in served.values():
             try:
                 model.tasks, model.classes = _tasks_of(model.source)
             except InferenceError as exc:
