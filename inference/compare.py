@@ -174,21 +174,22 @@ class RunStats:
 
 
 def run_repeated(calls: dict[str, Callable[[], Result]], n: int,
-                 progress: Callable[[int, int], None] | None = None) -> dict[str, RunStats]:
+                 on_round: Callable[[int, dict[str, Outcome]], None] | None = None) -> dict[str, RunStats]:
     """Run every backend ``n`` times (both at once each round); latencies are the results' ``total_ms``.
 
-    ``progress(done, n)`` is called after each round.
+    ``on_round(done, outcomes)`` is called after each round with its outcomes (for a progress bar, a history).
     """
     stats = {name: RunStats(name) for name in calls}
     for round_index in range(n):
-        for name, outcome in run_both(calls).items():
+        outcomes = run_both(calls)
+        for name, outcome in outcomes.items():
             if outcome.ok:
                 assert outcome.result is not None
                 stats[name].total_ms.append(outcome.result.timings.total_ms)
             else:
                 stats[name].errors.append(str(outcome.error))
-        if progress is not None:
-            progress(round_index + 1, n)
+        if on_round is not None:
+            on_round(round_index + 1, outcomes)
     return stats
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import streamlit as st
 
 from inference import InferenceError, Model
-from inference.compare import Outcome, RunStats, run_both, text_parity
+from inference.compare import Outcome, RunStats, run_both, run_repeated, text_parity
 
 from . import components as ui
 from . import sidebar, state
@@ -96,15 +96,14 @@ def repeat(prefix: str, label: str, task: str, model_id: str, mode: str, args: t
         ui.record(label, outcome, settings)
     if models:
         bar = st.progress(0.0, text=f"Round 1 of {n}…")
-        for done in range(1, n + 1):
-            for backend, outcome in run_both({backend: (lambda m=model: m(*args, **kwargs))
-                                               for backend, model in models.items()}).items():
-                if outcome.ok:
-                    stats[backend].total_ms.append(outcome.result.timings.total_ms)
-                else:
-                    stats[backend].errors.append(str(outcome.error))
+
+        def on_round(done: int, outcomes: dict[str, Outcome]) -> None:
+            for outcome in outcomes.values():
                 ui.record(label, outcome, {**settings, "round": f"{done}/{n}"})
             bar.progress(done / n, text=f"Round {done} of {n}")
+
+        stats.update(run_repeated({backend: (lambda m=model: m(*args, **kwargs)) for backend, model in models.items()},
+                                  n, on_round=on_round))
         bar.empty()
     if "remote" in BACKENDS[mode]:
         sidebar.count_remote_run()
