@@ -29,7 +29,8 @@ __all__ = [
 MAX_NEW_TOKENS = 4096
 
 
-#: Below this a sampling temperature divides the logits into infinities: 0 (greedy) is what such a value means.
+#: Sampling temperatures below this are refused: near 0 they divide the scores into infinities (1e-300 crashed
+#: sampling), and what such a value means is greedy decoding, which is temperature 0.
 MIN_TEMPERATURE = 0.01
 #: Longest excerpt of a bad value an error message repeats (a client may send megabytes).
 ECHO_CHARS = 80
