@@ -203,7 +203,7 @@ class Engine:
         """The ``RemoteClient`` for ``settings`` (default: the engine's), sharing one pooled httpx client."""
         import httpx
 
-        from .remote import RemoteClient, deadline_transport
+        from .remote import DeadlineTransport, RemoteClient
 
         settings = settings or self.settings
         with self._lock:
@@ -212,7 +212,7 @@ class Engine:
                 if self._http_client is None:
                     # keep-alive pool shared by every endpoint; HTTP/1.1 (h2 adds little for one request per call)
                     self._http_client = httpx.Client(
-                        transport=deadline_transport(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16)),
+                        transport=DeadlineTransport(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16)),
                         headers={"User-Agent": "inference-studio"},
                     )
                 client = self._remote_clients[settings] = RemoteClient(settings, self._http_client)

@@ -48,7 +48,7 @@ from .wire import (
     parse_text,
 )
 
-__all__ = ["RemoteBackend", "RemoteClient", "deadline_transport", "endpoint_host"]
+__all__ = ["DeadlineTransport", "RemoteBackend", "RemoteClient", "endpoint_host"]
 
 log = logging.getLogger(__name__)
 
@@ -160,18 +160,84 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._backend.sleep(seconds)
 
 
-def deadline_transport(**options: Any) -> httpx.HTTPTransport:
-    """An ``httpx.HTTPTransport`` (same ``options``) whose reads and writes end at the calling call's deadline.
+#: httpcore's errors as httpx names them (most specific first), so callers and tests see httpx's exceptions.
+_HTTPCORE_ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextmanager
+def _httpx_errors() -> Iterator[None]:
+    """httpcore's exceptions raised as httpx's, as httpx's own transport does."""
+    try:
+        yield
+    except Exception as exc:
+        for source, target in _HTTPCORE_ERRORS:
+            if isinstance(exc, source):
+                raise target(str(exc)) from exc
+        raise
+
+
+class _ResponseStream(httpx.SyncByteStream):
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _httpx_errors():
+            yield from self.stream
+
+    def close(self) -> None:
+        with _httpx_errors():
+            self.stream.close()
+
+
+class DeadlineTransport(httpx.BaseTransport):
+    """An httpx transport whose every socket connect, read and write ends at the calling call's deadline.
 
     httpx's own read timeout restarts with every chunk, so a body that drips a byte at a time could outlive
-    any timeout; here each socket operation gets only the time left. Outside a ``RemoteClient`` call it is
-    a plain ``HTTPTransport``.
+    any timeout; here each socket operation gets only the time left. It is httpcore's connection pool with our
+    network backend (``ConnectionPool(network_backend=...)``, httpcore's public seam for this), behind httpx's
+    public ``BaseTransport``. Outside a ``RemoteClient`` call it behaves as httpx's ``HTTPTransport``.
+
+    Args:
+        limits: connection pool limits. verify: TLS verification, as for ``httpx.Client``.
     """
-    transport = httpx.HTTPTransport(**options)
-    # NOTE: httpx has no option for httpcore's network backend; every httpcore pool keeps it here.
-    pool = transport._pool
-    pool._network_backend = _DeadlineBackend(pool._network_backend)
-    return transport
+
+    def __init__(self, *, limits: httpx.Limits | None = None, verify: Any = True) -> None:
+        limits = limits or httpx.Limits()
+        self.pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=verify), max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_DeadlineBackend(httpcore.SyncBackend()),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
+            headers=request.headers.raw, content=request.stream, extensions=request.extensions,
+        )
+        with _httpx_errors():
+            response = self.pool.handle_request(core_request)
+        return httpx.Response(status_code=response.status, headers=response.headers,
+                              stream=_ResponseStream(response.stream), extensions=response.extensions)
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 class _BoundedStream(httpx.SyncByteStream):
@@ -264,7 +330,7 @@ class RemoteClient:
     Args:
         settings: endpoints, token and deadline.
         http_client: the pooled client to use (injectable: tests pass a ``MockTransport``). Build it on
-            ``deadline_transport()`` for exact deadlines; any other transport gets the time left as httpx
+            ``DeadlineTransport`` for exact deadlines; any other transport gets the time left as httpx
             timeouts, which restart with every read (a slow-drip body could outlast the deadline).
         max_attempts: attempts per call, retries included.
     """
