@@ -83,10 +83,8 @@ class LoopbackServer:
 
     def settings(self, base: Settings | None = None) -> Settings:
         """``base`` with the remote backend pointed at this server."""
-        from dataclasses import replace
-
-        return replace(base or Settings(), remote_enabled=True, remote_endpoints=(self.url,),
-                       remote_token=self._token)
+        return (base or Settings()).replace(remote_enabled=True, remote_endpoints=(self.url,),
+                                            remote_token=self._token)
 
     def start(self) -> LoopbackServer:
         """Start the server and wait until it answers ``/health``."""

@@ -344,7 +344,7 @@ class RemoteClient:
         self.max_attempts = max_attempts
         self._http = http_client
         self._preferred = 0  # the endpoint that answered last; failover starts there
-        self._token = settings.remote_token
+        self._token = settings.remote_token.get_secret_value() if settings.remote_token else None
         self._models: tuple[float, list[dict[str, Any]] | None] = (0.0, None)
 
     def __repr__(self) -> str:

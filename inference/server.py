@@ -568,7 +568,7 @@ def create_app(
     # Forwarded (use_remote) requests share one gate, wider than a model's: they wait on the network, not a CPU.
     gateway = Gate("gateway", 16, queue_size)
     service = InferenceService(engine, settings, served)
-    tokens = [token.encode() for token in settings.server_tokens]
+    tokens = [token.get_secret_value().encode() for token in settings.server_tokens]
 
     def warm_up() -> None:
         # What every first request needs, whatever its model: torch and transformers' model machinery (seconds

@@ -28,7 +28,7 @@ def test_environment_is_read(monkeypatch):
     settings = Settings()
     assert settings.remote_configured
     assert settings.remote_endpoints == ("http://a:8000/inference", "http://b:8000/inference")
-    assert settings.remote_token == TOKEN
+    assert settings.remote_token.get_secret_value() == TOKEN
     assert settings.remote_timeout == 7.5
     assert settings.max_model_memory == 512_000_000
 
@@ -73,3 +73,51 @@ def test_bad_configuration_is_explained(monkeypatch, variable, value, message):
 )
 def test_parse_bytes(text, expected):
     assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"max_image_pixels": 0}, "INFERENCE_MAX_IMAGE_PIXELS=0 must be greater than 0"),  # explicit, not env
+        ({"upload_max_edge": -5}, "REMOTE_INFERENCE_MAX_EDGE=-5 must be greater than 0"),
+        ({"remote_timeout": "soon"}, "REMOTE_INFERENCE_TIMEOUT='soon' is not a number"),
+        ({"remote_enabled": "maybe"}, "REMOTE_INFERENCE_ENABLED is not a boolean"),
+        ({"device": "tpu"}, "INFERENCE_DEVICE='tpu' is not one of"),
+        ({"max_response_bytes": "lots"}, "cannot read 'lots' as a size"),
+        ({"remote_timout": 5}, "remote_timout"),  # a misspelt keyword is an error, not a silent default
+    ],
+)
+def test_explicit_values_are_validated_like_the_environment(values, message):
+    with pytest.raises(InvalidInput, match=message.replace("(", r"\(")):
+        Settings(**values)
+
+
+def test_a_secrets_mapping_is_validated_and_never_echoes_a_token():
+    with pytest.raises(InvalidInput, match="REMOTE_INFERENCE_MAX_EDGE") as caught:
+        Settings.from_mapping({"REMOTE_INFERENCE_MAX_EDGE": 0, "REMOTE_INFERENCE_TOKEN": TOKEN,
+                               "endpoints": {"gpu": {"url": "http://x"}}})  # other tables are not ours: ignored
+    assert TOKEN not in str(caught.value)
+    with pytest.raises(InvalidInput) as caught:
+        Settings(remote_endpoints=(f"https://user:{TOKEN}@gpu/inference",), server_tokens=TOKEN)
+    assert "must not carry credentials" in str(caught.value) and TOKEN not in str(caught.value)
+
+
+def test_tokens_are_secrets_everywhere():
+    settings = Settings(remote_token=f" {TOKEN} ", server_tokens=f"{TOKEN}, other-token")
+    assert settings.remote_token.get_secret_value() == TOKEN
+    assert [token.get_secret_value() for token in settings.server_tokens] == [TOKEN, "other-token"]
+    assert TOKEN not in repr(settings) and TOKEN not in str(settings) and TOKEN not in str(settings.model_dump())
+
+
+def test_defaults_read_nothing_and_replace_validates(monkeypatch):
+    monkeypatch.setenv("REMOTE_INFERENCE_TIMEOUT", "soon")
+    with pytest.raises(InvalidInput):
+        Settings()
+    assert Settings.defaults().remote_timeout == 120.0  # what the app falls back to when the environment is bad
+    monkeypatch.delenv("REMOTE_INFERENCE_TIMEOUT")
+    changed = Settings().replace(remote_enabled=True, remote_endpoints=("http://127.0.0.1:9/inference",))
+    assert changed.remote_configured and changed == Settings(remote_enabled=True,
+                                                             remote_endpoints="http://127.0.0.1:9/inference")
+    with pytest.raises(InvalidInput):
+        Settings().replace(remote_timeout=0)
+    assert hash(changed) == hash(Settings(remote_enabled=True, remote_endpoints="http://127.0.0.1:9/inference"))

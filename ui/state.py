@@ -38,10 +38,7 @@ def app_settings() -> Settings:
         return Settings.from_mapping(read_secrets())
     except InferenceError as exc:
         st.session_state["settings_error"] = f"The configuration is not valid: {exc}"
-        # Every field explicit, so nothing is read from the faulty environment again.
-        return Settings(remote_enabled=False, remote_endpoints=(), remote_token=None, remote_timeout=120.0,
-                        upload_max_edge=1024, max_response_bytes=32 * 2**20, server_tokens=(), max_model_memory=None,
-                        max_image_pixels=40_000_000, device="auto", dtype="auto")
+        return Settings.defaults()  # read from nowhere: the faulty environment is not read again
 
 
 @st.cache_resource(show_spinner=False)
