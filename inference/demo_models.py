@@ -257,7 +257,13 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether models can be downloaded from the Hugging Face Hub right now (False when HF_HUB_OFFLINE is set)."""
     import httpx
 
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    from .settings import parse_flag
+
+    try:
+        offline = parse_flag(os.environ.get("HF_HUB_OFFLINE", ""))
+    except ValueError:
+        offline = False  # huggingface_hub reads it the same lenient way
+    if offline:
         return False
     try:
         httpx.head(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout=timeout)

@@ -38,7 +38,7 @@ from .engine import Engine
 from .errors import InferenceError, ModelLoadError
 from .images import WIRE_FORMATS
 from .model import Model, Request as InferenceRequest, load_model, make_request
-from .settings import Settings
+from .settings import Settings, parse_flag
 from .tasks import TASKS, TaskSpec, get_task, ignored_image
 from .types import DetectionResult, Result, TextStream
 from .wire import ERRORS, Spec, code_of_error, dumps, error_body
@@ -354,7 +354,10 @@ class InferenceService:
         spec = await self._spec(form.get("spec"))
         request.state.model_id = spec.model_id
         task = get_task(spec.task)
-        use_remote = str(form.get("use_remote", "false")).strip().lower() in ("1", "true", "yes")
+        try:
+            use_remote = parse_flag(form.get("use_remote", False))
+        except ValueError:
+            raise ApiError("malformed_request", "the 'use_remote' field must be true or false") from None
         image = form.get("image")
         if isinstance(image, UploadFile):
             image_bytes: bytes | None = await image.read()

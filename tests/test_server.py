@@ -60,6 +60,8 @@ BAD_REQUESTS = [
      "extra"),  # unknown field
     ({}, 400, "malformed_request", "multipart/form-data"),  # no body at all
     ({"image": _png()}, 400, "malformed_spec", "no 'spec' part"),  # image without spec
+    ({"spec": _spec(), "image": _png(), "data": {"use_remote": "perhaps"}}, 400, "malformed_request",
+     "use_remote"),  # a flag that is neither true nor false
     ({"spec": _spec(), "image": b"GIF89a-not-really"}, 415, "unsupported_media_type", "not an image"),  # bad image
     ({"spec": _spec(), "image": _png()[:60]}, 415, "unsupported_media_type", "truncated"),  # cut-off image
     ({"spec": _spec(), "image": _bomb()}, 413, "image_too_large", "too large"),  # decompression bomb
