@@ -106,16 +106,18 @@ def test_failed_load_is_not_cached(demo_dir, engine, tmp_path):
     assert load_model(str(broken), task="text-generation", engine=engine)("hi", max_new_tokens=2).text
 
 
-def test_status_lists_loaded_models(demo_dir, engine):
-    load_model(demo_dir["object-detection"], task="object-detection", engine=engine)
-    status = engine.status()
+def test_status_lists_loaded_models(demo_dir):
+    with Engine(Settings(device="cpu")) as engine:  # on the CPU whatever the machine has: float32 by default
+        load_model(demo_dir["object-detection"], task="object-detection", engine=engine)
+        status = engine.status()
     assert status["device"] == "cpu"
     (entry,) = status["models"]
     assert entry["model_id"] == demo_dir["object-detection"]
     assert entry["device"] == "cpu" and entry["dtype"] == "float32"
     assert entry["memory_bytes"] > 100_000 and status["used_bytes"] == entry["memory_bytes"]
     assert entry["classes"][:3] == ["person", "bicycle", "car"]
-    assert status["budget_bytes"] == psutil.virtual_memory().total // 2  # default: half of the RAM
+    # A default budget that leaves the machine room and still holds the model.
+    assert entry["memory_bytes"] < status["budget_bytes"] < psutil.virtual_memory().total
 
 
 def _size_of(model_dir: str, dtype: str) -> int:
