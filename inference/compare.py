@@ -141,13 +141,10 @@ def detection_parity(a: DetectionResult, b: DetectionResult, iou_threshold: floa
 
 
 def percentile(values: list[float], q: float) -> float:
-    """The ``q`` quantile (0-1) by linear interpolation; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    """The ``q`` quantile (0-1) by linear interpolation (numpy's default); NaN for no values."""
+    import numpy as np
+
+    return float(np.percentile(values, q * 100)) if len(values) else math.nan
 
 
 @dataclass

@@ -44,7 +44,7 @@ class Engine:
 
     Example:
         >>> engine = Engine()
-        >>> model = engine.load_model("hustvl/yolos-tiny", task="object-detection")
+        >>> model = load_model("hustvl/yolos-tiny", task="object-detection", engine=engine)
         >>> engine.status()["models"]
         >>> engine.unload("hustvl/yolos-tiny")
     """
@@ -59,12 +59,6 @@ class Engine:
         self._remote_clients: dict[Settings, Any] = {}
 
     # ------------------------------------------------------------------ models
-
-    def load_model(self, model_id: str, task: str, backend: str = "auto", **kwargs: Any):
-        """``inference.load_model`` bound to this engine."""
-        from .model import load_model
-
-        return load_model(model_id, task=task, backend=backend, engine=self, **kwargs)
 
     def get(self, source: str, spec: TaskSpec, device: str | None = None, dtype: str | None = None
             ) -> tuple[LoadedModel, float | None]:

@@ -9,18 +9,13 @@ import io
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidInput
 
-if TYPE_CHECKING:
-    import numpy as np
-
-__all__ = ["WIRE_FORMATS", "ImageData", "ImageInput", "encode_image", "load_image"]
-
-ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, io.IOBase, Image.Image, "np.ndarray"]
+__all__ = ["WIRE_FORMATS", "ImageData", "encode_image", "load_image"]
 
 _ORIENTATION = 0x0112  # the EXIF tag
 #: Formats we decode for local callers.

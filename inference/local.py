@@ -546,12 +546,10 @@ class LocalBackend:
             if self.spec.output == "detections":
                 output: Any = ObjectDetectionRunner.detect(loaded, request.image, request.parameters)
                 fields: dict[str, Any] = {"image_size": request.image.size}
-                timings: dict[str, Any] = {}
             else:
                 generation = self._prepare(loaded, request)
                 output, details = generation.run()
                 fields = {"details": details}
-                timings = {}
         except InferenceError:
             raise
         except Exception as exc:
@@ -560,7 +558,7 @@ class LocalBackend:
                 raise
             raise mapped from exc
         total_ms = (time.perf_counter() - started) * 1000
-        return output, {"total_ms": total_ms, "load_ms": load_ms, **timings, **fields, **self._warnings(request)}
+        return output, {"total_ms": total_ms, "load_ms": load_ms, **fields, **self._warnings(request)}
 
     def stream(self, request) -> tuple[Iterator[str], Any, float | None]:
         """Start generating; returns (pieces, handle, load_ms).

@@ -294,11 +294,6 @@ class Model:
         load_ms, self._pending_load_ms = self._pending_load_ms, None
         return load_ms
 
-    def unload(self) -> None:
-        """Free this model's memory in the engine (it loads again on the next call)."""
-        if self._backend.name == "local":
-            self._engine.unload(self.model_id)
-
     def __repr__(self) -> str:
         return f"<Model {self.model_id!r} task={self.spec.name!r} backend={self._backend.name!r}>"
 

@@ -184,14 +184,6 @@ class Settings(BaseSettings):
         """True when the remote backend is enabled and has an endpoint."""
         return self.remote_enabled and bool(self.remote_endpoints)
 
-    def public_dict(self) -> dict[str, Any]:
-        """The settings as a dict without secrets, for status pages and logs."""
-        out = self.model_dump(exclude={"remote_token", "server_tokens"})
-        out["remote_endpoints"] = [_redact_url(url) for url in self.remote_endpoints]
-        out["remote_token_set"] = self.remote_token is not None
-        out["server_tokens_set"] = len(self.server_tokens)
-        return out
-
 
 #: Field → the variable that sets it (the key in the environment and in st.secrets).
 _VARIABLES = {field.validation_alias.choices[1]: name for name, field in Settings.model_fields.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -71,10 +71,6 @@ class _ResultBase:
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out
-
-    def with_timings(self, **changes: Any):
-        """A copy with some timing fields replaced."""
-        return replace(self, timings=replace(self.timings, **changes))
 
 
 @dataclass(frozen=True, kw_only=True)
