@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from .local import DEMO_PREFIX, DEMO_TASKS, MODEL_BUILD_LOCK, default_demo_dir, demo_name, resolve_demo
+
 __all__ = [
     "DEMO_MARKER",
     "DEMO_PREFIX",
@@ -35,10 +37,6 @@ __all__ = [
 
 #: File written into every demo model directory; the app uses it to label outputs as random.
 DEMO_MARKER = "inference_studio_demo.json"
-DEMO_TASKS = ("text-generation", "image-to-text", "image-text-to-text", "object-detection")
-#: Short names of the demo models in the default directory: ``demo/<task>``. They never show a path (which
-#: would tell a share link's recipient the host's home directory).
-DEMO_PREFIX = "demo/"
 #: Detector classes (a COCO subset, so the annotated output looks familiar).
 DEMO_CLASSES = ("person", "bicycle", "car", "dog", "cat", "cup", "bottle", "chair")
 
@@ -190,8 +188,6 @@ def build_demo_models(directory: str | Path, tasks: tuple[str, ...] = DEMO_TASKS
     import torch
     from transformers.utils import logging as hf_logging
 
-    from .local import MODEL_BUILD_LOCK
-
     directory = Path(directory).expanduser()
     directory.mkdir(parents=True, exist_ok=True)
     built: dict[str, Path] = {}
@@ -226,25 +222,6 @@ def _built_version(path: Path) -> int | None:
         return json.loads((path / DEMO_MARKER).read_text()).get("version", 1)
     except (OSError, ValueError, AttributeError):
         return None
-
-
-def default_demo_dir() -> Path:
-    """Where demo models live by default: ``INFERENCE_DEMO_MODELS_DIR``, else ``~/.cache/inference-studio/demo-models``."""
-    configured = os.environ.get("INFERENCE_DEMO_MODELS_DIR", "").strip()
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "inference-studio" / "demo-models"
-
-
-def demo_name(task: str) -> str:
-    """The short name of ``task``'s demo model: ``"demo/object-detection"``."""
-    return DEMO_PREFIX + task
-
-
-def resolve_demo(model_id: str) -> Path | None:
-    """The directory behind a demo name (``"demo/<task>"``, in ``default_demo_dir()``); None for any other id."""
-    if not isinstance(model_id, str) or not model_id.startswith(DEMO_PREFIX):
-        return None
-    task = model_id.removeprefix(DEMO_PREFIX)
-    return default_demo_dir() / task if task in DEMO_TASKS else None
 
 
 def is_demo_model(model_id: str | Path) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -77,6 +78,33 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if device == "mps":
         return "float16"
     return "float32"
+
+
+# --------------------------------------------------------------------------- demo model names
+
+DEMO_TASKS = ("text-generation", "image-to-text", "image-text-to-text", "object-detection")
+#: Short names of the demo models (``inference.demo_models``) in the default directory: ``demo/<task>``. They
+#: never show a path (which would tell a share link's recipient the host's home directory).
+DEMO_PREFIX = "demo/"
+
+
+def default_demo_dir() -> Path:
+    """Where demo models live by default: ``INFERENCE_DEMO_MODELS_DIR``, else ``~/.cache/inference-studio/demo-models``."""
+    configured = os.environ.get("INFERENCE_DEMO_MODELS_DIR", "").strip()
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "inference-studio" / "demo-models"
+
+
+def demo_name(task: str) -> str:
+    """The short name of ``task``'s demo model: ``"demo/object-detection"``."""
+    return DEMO_PREFIX + task
+
+
+def resolve_demo(model_id: str) -> Path | None:
+    """The directory behind a demo name (``"demo/<task>"``, in ``default_demo_dir()``); None for any other id."""
+    if not isinstance(model_id, str) or not model_id.startswith(DEMO_PREFIX):
+        return None
+    task = model_id.removeprefix(DEMO_PREFIX)
+    return default_demo_dir() / task if task in DEMO_TASKS else None
 
 
 # --------------------------------------------------------------------------- loading
@@ -156,8 +184,6 @@ def _load_config(source: str, spec: TaskSpec | None) -> tuple[Any, str]:
         RepositoryNotFoundError,
     )
     from transformers import AutoConfig
-
-    from .demo_models import resolve_demo
 
     demo = resolve_demo(source)
     if demo is not None and not (demo / "config.json").is_file():
