@@ -29,6 +29,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.sse import format_sse_event
 from pydantic import ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -728,7 +729,9 @@ async def _stream_response(service: InferenceService, call: Call, ticket: Ticket
 
 
 def _event(data: Any) -> bytes:
-    return f"data: {dumps(data)}\n\n".encode("utf-8", errors="replace")
+    """One server-sent event, framed by FastAPI's SSE encoder. NOTE: ASCII JSON (``\\u`` escapes) so that no
+    text, not even a lone surrogate, can fail to encode once the stream has begun."""
+    return format_sse_event(data_str=json.dumps(data, separators=(",", ":")))
 
 
 # --------------------------------------------------------------------------- command line
