@@ -1,17 +1,23 @@
-"""Inference Studio: run Hugging Face models locally or on a remote endpoint, side by side."""
+"""Inference Studio's home page: what the studio is, the backends at a glance, links to the three tasks.
+
+Streamlit's classic multipage layout: this script is the home page (``/``) and the task pages are found in
+``pages/``. Every page opens with ``ui.app.start`` (config, sidebar, our navigation) and ends with
+``ui.app.finish`` (the sidebar's status).
+"""
 
 import streamlit as st
 
-from ui import sidebar
+from ui import app, home
 
-st.set_page_config(page_title="Inference Studio", page_icon=":material/model_training:", layout="wide")
+home.forward_old_share_link()
+mode = app.start(app.HOME)
 
-page = st.navigation([
-    st.Page("pages/text_generation.py", title="Text generation", icon=":material/edit_note:", default=True),
-    st.Page("pages/image_to_text.py", title="Image to text", icon=":material/image_search:"),
-    st.Page("pages/object_detection.py", title="Object detection", icon=":material/center_focus_strong:"),
-])
-sidebar.restore_mode()
-sidebar.render()
-page.run()
-sidebar.render_status()
+st.title(app.HOME.title)
+st.markdown(
+    "Run Hugging Face models **locally** (transformers + torch) or on a **remote inference endpoint**, show the "
+    "two side by side, and share a demo as a link. Pick a backend in the sidebar, then a task:"
+)
+home.task_links()
+st.subheader("Backends", divider="gray")
+home.backend_status(mode)
+app.finish()

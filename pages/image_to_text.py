@@ -2,11 +2,10 @@
 
 import streamlit as st
 
+from ui import app, runner, sidebar, state
 from ui import components as ui
-from ui import runner, sidebar, state
-from ui.app import require_navigation
 
-require_navigation()
+mode = app.start(app.IMAGE_TO_TEXT)
 
 P = "i2t"
 SHARED = {
@@ -19,7 +18,6 @@ ui.setup_page(P, SHARED, {
     f"{P}_model": lambda: state.default_model("image-to-text"),
     f"{P}_prompt": "", f"{P}_max_new_tokens": 40, f"{P}_runs": 5, f"{P}_source": "Sample", f"{P}_sample": "cat",
 })
-mode = st.session_state.get("backend_mode") or "Local"
 
 st.title("Image to text")
 st.caption(f"Backend: **{mode}**. Leave the prompt empty for a caption; ask a question to run image-text-to-text.")
@@ -58,3 +56,4 @@ with right:
 
 ui.history()
 ui.remember([item.key for item in SHARED.values()] + [f"{P}_runs", f"{P}_source"])
+app.finish()

@@ -6,11 +6,10 @@ import supervision as sv
 
 from inference.annotate import annotate_detections, labels_for
 from inference.compare import detection_parity
+from ui import app, runner, sidebar, state
 from ui import components as ui
-from ui import runner, sidebar, state
-from ui.app import require_navigation
 
-require_navigation()
+mode = app.start(app.OBJECT_DETECTION)
 
 TASK, P = "object-detection", "od"
 LOCAL_COLOUR, REMOTE_COLOUR = sv.Color.from_hex("#ef6c00"), sv.Color.from_hex("#1565c0")
@@ -23,7 +22,6 @@ ui.setup_page(P, SHARED, {
     f"{P}_model": lambda: state.default_model(TASK),
     f"{P}_threshold": 0.5, f"{P}_runs": 5, f"{P}_source": "Sample", f"{P}_sample": "astronaut",
 })
-mode = st.session_state.get("backend_mode") or "Local"
 
 st.title("Object detection")
 st.caption(f"Backend: **{mode}**. Boxes are drawn with supervision; Compare matches local and remote boxes by IoU.")
@@ -101,3 +99,4 @@ with right:
 
 ui.history()
 ui.remember([item.key for item in SHARED.values()] + [f"{P}_runs", f"{P}_source"])
+app.finish()

@@ -2,11 +2,10 @@
 
 import streamlit as st
 
+from ui import app, runner, sidebar, state
 from ui import components as ui
-from ui import runner, sidebar, state
-from ui.app import require_navigation
 
-require_navigation()
+mode = app.start(app.TEXT_GENERATION)
 
 TASK, P = "text-generation", "tg"
 SHARED = {
@@ -22,7 +21,6 @@ ui.setup_page(P, SHARED, {
     f"{P}_prompt": "Write a haiku about the sea.",
     f"{P}_max_new_tokens": 64, f"{P}_temperature": 0.0, f"{P}_top_p": 0.95, f"{P}_seed": 0, f"{P}_runs": 5,
 })
-mode = st.session_state.get("backend_mode") or "Local"
 
 st.title("Text generation")
 st.caption(f"Backend: **{mode}**. Answers stream in as they are generated; Compare runs local and remote at once.")
@@ -61,3 +59,4 @@ runner.render_text(P, streamed)
 
 ui.history()
 ui.remember([item.key for item in SHARED.values()] + [f"{P}_runs"])
+app.finish()

@@ -18,13 +18,12 @@ PAGES = {
 
 
 def app(page: str | None = None, *, query: dict | None = None, secrets: dict | None = None) -> AppTest:
+    """The app opened at its home page, then (with ``page``) switched to that page as its link would."""
     at = AppTest.from_file("../streamlit_app.py", default_timeout=180)
     at.query_params.update(query or {})
     at.secrets.update(secrets or {})
     at.run()
-    # Text generation is the default page. (On any run after the first, AppTest's tree drops the sidebar
-    # the entry script drew, though browsers show it: tests read the sidebar on the first run only.)
-    if page not in (None, "text-generation"):
+    if page is not None:
         at.switch_page(PAGES[page][0]).run()
     assert not at.exception
     return at
@@ -37,7 +36,7 @@ def click(at: AppTest, key: str) -> AppTest:
 
 
 def page_text(at: AppTest) -> str:
-    """Everything a person could read on the page (the sidebar only on a first run: see ``app``)."""
+    """Everything a person could read on the page, its sidebar included."""
     parts = []
     for kind in ("markdown", "caption", "code", "error", "info", "success", "warning", "title", "subheader",
                  "text"):
@@ -52,6 +51,49 @@ def page_text(at: AppTest) -> str:
 def _demo_models(demo_dir):
     """The app's offline demo models are the tests' ones (built once)."""
     return demo_dir
+
+
+#: What our navigation lists: the studio's name (the home page), then the three task pages, with their URL paths.
+NAVIGATION = [("Inference Studio", ""), ("Text generation", "text_generation"), ("Image to text", "image_to_text"),
+              ("Object detection", "object_detection")]
+
+
+def links(block) -> list[tuple[str, str]]:
+    """(label, URL path) of every ``st.page_link`` in ``block`` (``at.sidebar``, ``at.main``), in order."""
+    return [(link.proto.label, link.proto.page) for link in block.get("page_link")]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_runs_alone(page):
+    """No page needs the entry script: ``AppTest.from_file(page)`` gets its controls, sidebar and navigation."""
+    path, button, title = PAGES[page]
+    at = AppTest.from_file(f"../{path}", default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == title
+    assert at.button(key=button).label in ("Generate", "Describe", "Detect")
+    assert at.text_input(key=f"{button.split('_')[0]}_model").value.startswith("demo/")
+    assert links(at.sidebar) == NAVIGATION
+    assert at.segmented_control(key="_backend_mode_widget").value == "Local"  # the shared sidebar
+    assert "Device:" in page_text(at)  # and its local status
+
+
+def test_home_page_links_the_three_tasks_and_shows_the_backends():
+    at = app()
+    assert at.title[0].value == "Inference Studio"
+    assert links(at.sidebar) == NAVIGATION
+    assert links(at.main) == NAVIGATION[1:]  # one link per task
+    text = page_text(at)
+    assert "**Backend:** Local" in text and "loopback server on this machine" in text
+    assert "Device:" in text  # the sidebar's status is there too
+
+
+def test_an_old_text_generation_link_to_the_root_still_opens_text_generation():
+    """Until the home page came, text generation was at ``/``: its share links point there."""
+    at = app(query={"mode": "compare", "prompt": "hello there", "max_new_tokens": "12"})
+    assert at.title[0].value == "Text generation"
+    assert at.text_area(key="tg_prompt").value == "hello there"
+    assert at.slider(key="tg_max_new_tokens").value == 12
+    assert at.session_state["backend_mode"] == "Compare"
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -6,6 +6,7 @@ $SCREENSHOT_DIR (default test-results/screenshots); ``make screenshots`` writes 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -30,8 +31,9 @@ if not CHROMIUM.exists():
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def app_url(demo_dir):
+@contextlib.contextmanager
+def fresh_server():
+    """``streamlit run streamlit_app.py`` on a free loopback port, a new process: yields its URL."""
     sock = _loopback_socket()
     port = sock.getsockname()[1]
     sock.close()
@@ -53,9 +55,17 @@ def app_url(demo_dir):
             process.kill()
             raise RuntimeError("streamlit did not start")
         time.sleep(0.3)
-    yield url
-    process.terminate()
-    process.wait(timeout=20)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def app_url(demo_dir):
+    with fresh_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +106,7 @@ def expect(locator):
 
 
 def test_text_generation_page(browser, app_url):
-    page = _open(browser, f"{app_url}/")
+    page = _open(browser, f"{app_url}/text_generation")
     page.get_by_role("button", name="Generate").wait_for(timeout=60_000)
     _run(page, "Generate", "Tokens/s")
     expect(page.get_by_text("Time to first token")).to_be_visible()
@@ -153,13 +163,68 @@ def test_bad_upload_shows_an_error(browser, app_url):
 
 def test_a_share_link_opened_first_on_a_fresh_server_gets_the_whole_app(browser, demo_dir):
     """Streamlit's legacy pages/ mode would run the page alone: no sidebar, no restored settings."""
-    import contextlib
-
-    with contextlib.ExitStack() as stack:
-        url = stack.enter_context(contextlib.contextmanager(app_url.__wrapped__)(demo_dir))
+    with fresh_server() as url:
         page = _open(browser, f"{url}/object_detection?mode=compare&threshold=0.35&sample=cat")
         page.get_by_role("button", name="Detect").wait_for(timeout=60_000)
         page.get_by_text("Backend: Compare").wait_for(timeout=60_000)
         expect(page.locator('[data-testid="stSidebar"]').get_by_text("Backend").first).to_be_visible()
         expect(page.locator('[data-testid="stSlider"]').first).to_contain_text("0.35")
+        page.close()
+
+
+#: Installed before the page's own scripts: records every state the navigation goes through, from the very first
+#: paint, as [Streamlit's own navigation links, our page links in the sidebar] (labels without their icons).
+RECORD_NAVIGATION = """
+window.__navigation = [];
+const label = (element) => {
+  const copy = element.cloneNode(true);
+  copy.querySelectorAll('[data-testid="stIconMaterial"], [data-testid="stIconEmoji"]').forEach((e) => e.remove());
+  return copy.textContent.trim();
+};
+window.__navigationNow = () => {
+  const streamlits = [...document.querySelectorAll('[data-testid="stSidebarNav"] a, [data-testid="stSidebarNavLink"]')];
+  const ours = [...document.querySelectorAll('[data-testid="stSidebar"] [data-testid="stPageLink-NavLink"]')];
+  return [[...new Set(streamlits.map(label))], ours.map(label)];
+};
+const record = () => {
+  const state = JSON.stringify(window.__navigationNow());
+  const states = window.__navigation;
+  if (states[states.length - 1] !== state) states.push(state);
+};
+new MutationObserver(record).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+#: Our navigation: the studio's name (the home page), then the three task pages with their titles.
+NAVIGATION = ["Inference Studio", "Text generation", "Image to text", "Object detection"]
+ICONS = ["edit_note", "image_search", "center_focus_strong"]  # the task pages' icons, as before
+
+
+@pytest.mark.parametrize("path, title", [
+    ("/", "Inference Studio"),  # the home page
+    ("/object_detection?mode=compare&model=demo/object-detection&threshold=0.35", "Object detection"),  # a share link
+])
+def test_the_first_paint_on_a_fresh_server_shows_our_navigation_and_only_it(browser, demo_dir, path, title):
+    """The first request a new server gets: no frame ever shows Streamlit's navigation (file names), only ours."""
+    import json
+
+    with fresh_server() as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.add_init_script(RECORD_NAVIGATION)
+        page.goto(f"{url}{path}")
+        nav = page.locator(".st-key-nav [data-testid='stPageLink-NavLink']")
+        nav.last.wait_for(timeout=60_000)
+        seen = [json.loads(state) for state in page.evaluate("window.__navigation")]
+        # Taken as soon as our navigation is complete: it came first, whole or link by link, and nothing else before.
+        with_links = [(streamlits, ours) for streamlits, ours in seen if streamlits or ours]
+        assert with_links and all(not streamlits and ours == NAVIGATION[:len(ours)] for streamlits, ours in with_links), seen
+        assert with_links[-1][1] == NAVIGATION
+        expect(page.get_by_role("heading", name=title).first).to_be_visible(timeout=60_000)
+        page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=120_000)
+        # Still ours once the run ended, and Streamlit's never showed up in between.
+        seen = [json.loads(state) for state in page.evaluate("window.__navigation")]
+        assert all(not streamlits for streamlits, _ in seen), seen
+        expect(page.locator('[data-testid="stSidebarNav"]')).to_have_count(0)
+        assert page.evaluate("window.__navigationNow()") == [[], NAVIGATION]
+        expect(page.locator(".st-key-nav [data-testid='stIconMaterial']")).to_have_text(ICONS)
+        assert "Backend" in page.locator('[data-testid="stSidebar"]').inner_text()  # the shared sidebar
+        _shot(page, "first-paint-home" if path == "/" else "first-paint-share-link")
         page.close()

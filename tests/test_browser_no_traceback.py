@@ -123,7 +123,7 @@ def _loopback_children(process: subprocess.Popen) -> list[psutil.Process]:
 
 def test_first_remote_run_says_the_server_is_starting_and_sigterm_ends_the_app_with_it(browser, demo_dir):
     with streamlit_app() as (url, process):
-        page = _open(browser, f"{url}/?mode=remote")
+        page = _open(browser, f"{url}/text_generation?mode=remote")
         # The server starts as the page opens in Remote mode (its progress shows in the sidebar), or with the first
         # run if that comes sooner (then in the page): either way the page says what it is waiting for.
         page.get_by_text("Started the server on this machine in").first.wait_for(timeout=120_000)

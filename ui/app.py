@@ -1,24 +1,74 @@
-"""The link between the entry script and its pages."""
+"""The frame every page shares: page config, the mode from a share link, our navigation and the sidebar.
+
+The app is Streamlit's classic multipage layout: ``streamlit_app.py`` is the home page and Streamlit finds
+the task pages in ``pages/`` (URL paths ``/text_generation``, ``/image_to_text``, ``/object_detection``).
+``client.showSidebarNavigation = false`` in ``.streamlit/config.toml`` hides Streamlit's own navigation,
+whose labels come from file names ("streamlit app", "text generation"); ``navigation()`` draws ours with
+``st.page_link`` instead. Each page opens with ``start()`` and ends with ``finish()``, so a page behaves the
+same whether it is the first one a session opens (a share link), reached by a link, or run alone under
+``AppTest.from_file``.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import streamlit as st
 
-#: Set by the entry script on every run (ui.sidebar.render); its absence means the entry script never ran.
-ENTRY_MARK = "backend_mode"
+from . import sidebar
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def require_navigation() -> None:
-    """Make sure the page runs inside ``streamlit_app.py`` (its navigation, sidebar and settings).
+@dataclass(frozen=True)
+class PageInfo:
+    """A page of the app: its script (relative to the repository root), title and icon."""
 
-    Streamlit treats a ``pages/`` folder as a legacy multipage app until ``st.navigation`` has run once in
-    the process, so a fresh server first asked for a page URL (a share link, say) runs that page on its
-    own, before the entry script has ever run in the session. Then switch the process to navigation mode
-    and rerun: the page comes up through the entry script.
+    script: str
+    title: str
+    icon: str
+    summary: str = ""
+
+    def link(self) -> st.Page:
+        # An absolute path: the link resolves the same when a page is AppTest's main script.
+        return st.Page(ROOT / self.script, title=self.title, icon=self.icon, default=self is HOME)
+
+
+HOME = PageInfo("streamlit_app.py", "Inference Studio", ":material/model_training:")
+#: The task pages, in the navigation's order.
+PAGES = (
+    PageInfo("pages/text_generation.py", "Text generation", ":material/edit_note:",
+             "A prompt, answered token by token, with time to first token and tokens/s."),
+    PageInfo("pages/image_to_text.py", "Image to text", ":material/image_search:",
+             "A caption for a photo, or an answer to a question about it."),
+    PageInfo("pages/object_detection.py", "Object detection", ":material/center_focus_strong:",
+             "Boxes, labels and confidences drawn on the image, with a table and downloads."),
+)
+TEXT_GENERATION, IMAGE_TO_TEXT, OBJECT_DETECTION = PAGES
+
+
+def start(page: PageInfo) -> str:
+    """Open a page: its config, the mode from a share link, the sidebar with our navigation.
+
+    Returns the backend mode ("Local", "Remote" or "Compare").
     """
-    if ENTRY_MARK in st.session_state:
-        return
-    from streamlit.runtime.pages_manager import PagesManager
+    title = HOME.title if page is HOME else f"{page.title} · {HOME.title}"
+    st.set_page_config(page_title=title, page_icon=page.icon, layout="wide")
+    sidebar.restore_mode()
+    navigation()
+    return sidebar.render()
 
-    PagesManager.uses_pages_directory = False
-    st.rerun()
+
+def finish() -> None:
+    """Close a page: the sidebar's remote and local status, which show what the page's run just did."""
+    sidebar.render_status()
+
+
+def navigation() -> None:
+    """Our navigation at the top of the sidebar: the studio's name (the home page), then the task pages."""
+    with st.sidebar:
+        st.page_link(HOME.link())
+        with st.container(key="nav", gap=None):
+            for page in PAGES:
+                st.page_link(page.link())

@@ -57,7 +57,7 @@ def mode_param() -> str:
 
 
 #: The mode lives in a plain session key: Streamlit drops a widget's own state when the page changes.
-MODE_KEY, WIDGET_KEY = "backend_mode", "_backend_mode_widget"  # ui.app.ENTRY_MARK is MODE_KEY
+MODE_KEY, WIDGET_KEY = "backend_mode", "_backend_mode_widget"
 
 
 def _keep_choice() -> None:
