@@ -10,12 +10,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted(path for folder in ("inference", "ui", "pages") for path in (ROOT / folder).rglob("*.py")) + [
     ROOT / "streamlit_app.py"]
-#: Private modules and attributes of httpx and httpcore, the libraries we wrap most closely.
-PRIVATE = re.compile(r"\b(httpx|httpcore)\._|\._pool\b|_network_backend")
+#: Private modules and attributes of httpx, httpcore and Streamlit, the libraries we lean on most closely.
+PRIVATE = re.compile(r"\b(httpx|httpcore|streamlit)\._|\._pool\b|_network_backend|streamlit\.runtime|PagesManager")
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda path: str(path.relative_to(ROOT)))
-def test_no_private_httpx_or_httpcore_name(path):
+def test_no_private_name_of_httpx_httpcore_or_streamlit(path):
     offending = [f"{index}: {line.strip()}" for index, line in enumerate(path.read_text().splitlines(), 1)
                  if PRIVATE.search(line)]
     assert offending == []
