@@ -479,8 +479,9 @@ class RemoteClient:
             return False  # no time left for the backoff, let alone another attempt
         else:
             wait = True
-        log.warning("retrying %s after %s (attempt %d of %d)", state.endpoint, _describe(exc),
-                    state.attempts + 1, self.max_attempts)
+        if state.attempts < self.max_attempts:  # stamina gives up by itself after the last one
+            log.warning("retrying %s after %s (attempt %d of %d)", state.endpoint, _describe(exc),
+                        state.attempts + 1, self.max_attempts)
         return wait
 
     def _parts(self, spec: Spec, image, use_remote: bool, *, stream: bool) -> _Parts:
