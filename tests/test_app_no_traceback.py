@@ -73,7 +73,7 @@ def test_a_bad_upload_is_an_error_before_any_click_and_every_control_stays(page,
     assert not at.get("imgs") and not at.get("image")  # no preview of it
     click(at, button)  # a click says it again, and runs nothing
     assert any("Nothing was run" in error.value and says in error.value for error in at.error)
-    assert f"{prefix}_last" not in at.session_state
+    assert not at.metric and "Total" not in page_text(at)  # and shows no result
 
 
 # --------------------------------------------------------------------------- stale results
@@ -85,7 +85,7 @@ def test_a_new_sample_drops_the_old_boxes_and_shows_its_preview():
     at.selectbox(key="od_sample").set_value("cat").run()
     assert not at.exception
     text = page_text(at)
-    assert "detections shown" not in text and "od_last" not in at.session_state
+    assert "detections shown" not in text and not at.dataframe[:-1]  # no boxes, no table (only the history)
     assert "cat.jpg" in text  # the preview of the picture now on screen
 
 
@@ -93,8 +93,7 @@ def test_changed_settings_drop_the_old_answer():
     at = click(app("text-generation"), "tg_go")
     assert any(metric.label == "Total" for metric in at.metric)
     at.slider(key="tg_max_new_tokens").set_value(8).run()
-    assert not any(metric.label == "Total" for metric in at.metric)
-    assert "tg_last" not in at.session_state
+    assert not any(metric.label == "Total" for metric in at.metric) and "Tokens/s" not in page_text(at)
 
 
 @pytest.fixture
@@ -111,13 +110,12 @@ def test_a_failed_run_replaces_the_old_results(doomed_model):
     # Compare on the loopback server, which does not serve this model: the remote side fails every time.
     at = app("text-generation", query={"mode": "compare", "model": doomed_model})
     click(at, "tg_go")
-    assert at.session_state["tg_last"]["local"].ok and not at.session_state["tg_last"]["remote"].ok
+    assert "**Total**" in page_text(at) and len(at.error) == 1  # local answered, remote failed
     get_engine().unload(doomed_model)
     shutil.rmtree(doomed_model)  # the same inputs now fail locally too
     click(at, "tg_go")
-    outcomes = at.session_state["tg_last"]
-    assert set(outcomes) == {"local", "remote"} and not any(outcome.ok for outcome in outcomes.values())
-    assert not at.metric  # no timings, answer or parity of the earlier run under the new errors
+    assert [header.value for header in at.subheader][:2] == ["Local", "Remote"]
+    assert not at.metric and "**Total**" not in page_text(at)  # no timings, answer or parity of the earlier run under the new errors
     assert "identical" not in page_text(at)
     assert len(at.error) == 2, [error.value for error in at.error]  # this run's two errors, each once
 
@@ -137,18 +135,15 @@ def test_run_n_times_lands_in_the_history_with_settings_and_rounded_numbers(endp
     click(at, "tg_go")
     at.number_input(key="tg_runs").set_value(3).run()
     click(at, "tg_repeat")
-    rows = at.session_state["history"]
-    assert len(rows) == 2 + 2 * 3  # one run on two backends, then three rounds on two backends
-    repeated = rows[2:]
-    assert [row["round"] for row in repeated] == ["1/3", "1/3", "2/3", "2/3", "3/3", "3/3"]
-    for row in rows:
-        assert row["mode"] == "Compare" and row["model"] == "demo/text-generation"
-        assert row["task"] == "text-generation" and row["max_new_tokens"] == 6
-        for name, value in row.items():
-            if isinstance(value, float):
-                assert round(value, 1) == value, (name, value)
-    (frame,) = [frame.value for frame in at.dataframe if "model" in frame.value.columns]
-    assert len(frame) == 8 and {"mode", "backend", "model", "max_new_tokens", "total_ms"} <= set(frame.columns)
+    (frame,) = [frame.value for frame in at.dataframe if "model" in frame.value.columns]  # the Run history
+    assert len(frame) == 2 + 2 * 3  # one run on two backends, then three rounds on two backends
+    assert list(frame["round"].iloc[2:]) == ["1/3", "1/3", "2/3", "2/3", "3/3", "3/3"]
+    assert set(frame["mode"]) == {"Compare"} and set(frame["model"]) == {"demo/text-generation"}
+    assert set(frame["task"]) == {"text-generation"} and set(frame["max_new_tokens"]) == {6}
+    for name in frame.select_dtypes("float").columns:
+        values = frame[name].dropna()
+        assert (values.round(1) == values).all(), name
+    assert {"mode", "backend", "model", "max_new_tokens", "total_ms"} <= set(frame.columns)
     assert TOKEN not in frame.to_csv()
 
 
@@ -164,7 +159,8 @@ def test_demo_models_have_short_names_everywhere(page):
     assert demo_dir not in page_text(at)  # model box, share link, sidebar
     click(at, PAGES[page][1])
     assert demo_dir not in page_text(at)
-    assert demo_dir not in str(at.session_state["history"])
+    (frame,) = [frame.value for frame in at.dataframe if "model" in frame.value.columns]  # the Run history
+    assert demo_dir not in frame.to_csv()
 
 
 # --------------------------------------------------------------------------- unknown model while offline
