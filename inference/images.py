@@ -15,11 +15,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidInput
 
-__all__ = ["WIRE_FORMATS", "ImageData", "encode_image", "load_image"]
+__all__ = ["LOCAL_FORMATS", "WIRE_FORMATS", "ImageData", "encode_image", "load_image"]
 
 _ORIENTATION = 0x0112  # the EXIF tag
 #: Formats we decode for local callers.
-_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+LOCAL_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 #: Formats the wire protocol carries: what the server accepts (others are re-encoded before upload).
 WIRE_FORMATS = ("JPEG", "PNG", "WEBP")
 
@@ -56,7 +56,8 @@ class ImageData:
     when the wire protocol allows their format and they need no downscaling (a remote run does not).
     """
 
-    def __init__(self, source: Any, *, max_pixels: int = 40_000_000, formats: tuple[str, ...] = _FORMATS) -> None:
+    def __init__(self, source: Any, *, max_pixels: int = 40_000_000,
+                 formats: tuple[str, ...] = LOCAL_FORMATS) -> None:
         """Check ``source``; ``formats`` are the encoded formats accepted (the server passes ``WIRE_FORMATS``)."""
         self.max_pixels = max_pixels
         self.raw: bytes | None = None
@@ -70,7 +71,7 @@ class ImageData:
             raise InvalidInput(f"{self.origin} is empty: upload or pass a JPEG, PNG or WebP image",
                                code="unsupported_media_type")
         try:
-            header = Image.open(io.BytesIO(self.raw), formats=_FORMATS)
+            header = Image.open(io.BytesIO(self.raw), formats=LOCAL_FORMATS)
             _check_size(header.size, max_pixels)  # before anything below could decode a pixel
             # Pillow finds a PNG's EXIF after the pixels only by decoding them: read it when the header had it.
             exif = header.getexif() if header.format != "PNG" or "exif" in header.info else {}
@@ -161,7 +162,7 @@ def _decode(data: bytes, origin: str, max_pixels: int) -> Image.Image:
         raise InvalidInput(f"{origin} is empty: upload or pass a JPEG, PNG or WebP image", code="unsupported_media_type")
     try:
         # Image.open reads only the header, so the size check below runs before any pixel is decoded.
-        image = Image.open(io.BytesIO(data), formats=_FORMATS)
+        image = Image.open(io.BytesIO(data), formats=LOCAL_FORMATS)
         _check_size(image.size, max_pixels)
         image.load()
     except InvalidInput:

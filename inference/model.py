@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import InvalidInput, RemoteNotConfigured
-from .images import ImageData
+from .images import LOCAL_FORMATS, ImageData
 from .settings import Settings
 from .tasks import TaskSpec, get_task, validate_parameters
 from .types import DetectionResult, ModelInfo, Result, TextResult, TextStream, Timings
@@ -34,7 +34,7 @@ class Request:
 
 
 def make_request(spec: TaskSpec, inputs: Any, prompt: str | None, parameters: dict[str, Any] | None, *,
-                 image: Any = None, max_pixels: int, formats: tuple[str, ...] | None = None) -> Request:
+                 image: Any = None, max_pixels: int, formats: tuple[str, ...] = LOCAL_FORMATS) -> Request:
     """Validate one call's inputs for ``spec``: the same checks for the Python API and the server.
 
     ``inputs`` is the prompt for text-generation and the image for image tasks. ``image`` is the image of a
@@ -46,7 +46,6 @@ def make_request(spec: TaskSpec, inputs: Any, prompt: str | None, parameters: di
         InvalidInput: what is wrong and how to fix it.
     """
     params = validate_parameters(spec, parameters)
-    checks = {"max_pixels": max_pixels} if formats is None else {"max_pixels": max_pixels, "formats": formats}
     image_data = None
     if spec.image == "required":
         if image is not None:
@@ -55,14 +54,14 @@ def make_request(spec: TaskSpec, inputs: Any, prompt: str | None, parameters: di
             inputs = image
         if inputs is None:
             raise InvalidInput(f"{spec.name} needs an image: pass a path, PIL.Image, numpy RGB array or bytes")
-        image_data = ImageData(inputs, **checks)
+        image_data = ImageData(inputs, max_pixels=max_pixels, formats=formats)
     else:
         if inputs is not None:
             if prompt is not None:
                 raise InvalidInput("pass the prompt once: either as the first argument or as prompt=")
             prompt = inputs
         if image is not None:
-            image_data = ImageData(image, **checks)
+            image_data = ImageData(image, max_pixels=max_pixels, formats=formats)
     if spec.prompt == "none":
         if prompt is not None:
             raise InvalidInput(f"{spec.name} takes no prompt: leave it out")
