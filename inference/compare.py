@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InferenceError
-from .types import DetectionResult, Result, TextResult
+from .types import DetectionResult, Result
 
 __all__ = [
     "DetectionParity",
@@ -192,10 +192,5 @@ def run_repeated(calls: dict[str, Callable[[], Result]], n: int,
 
 def summarize(result: Result) -> dict[str, Any]:
     """A flat row for a run-history table."""
-    row = {"source": result.source, "model_id": result.model_id, "task": result.task,
-           **result.timings.to_dict()}
-    if isinstance(result, TextResult):
-        row["output"] = result.text[:120]
-    else:
-        row["output"] = f"{len(result.detections)} detections"
-    return row
+    return {"source": result.source, "model_id": result.model_id, "task": result.task,
+            **result.timings.to_dict(), "output": result.brief}

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from .local import DEMO_PREFIX, DEMO_TASKS, MODEL_BUILD_LOCK, default_demo_dir, demo_name, resolve_demo
+from .backends.loading import DEMO_PREFIX, DEMO_TASKS, MODEL_BUILD_LOCK, default_demo_dir, demo_name, resolve_demo
 
 __all__ = [
     "DEMO_MARKER",

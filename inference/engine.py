@@ -18,8 +18,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backends import loading
+from .backends.loading import LoadedModel, resolve_device, resolve_dtype
 from .errors import InferenceError, ModelLoadError
-from .local import RUNNERS, LoadedModel, resolve_device, resolve_dtype
 from .settings import Settings
 from .tasks import TaskSpec
 
@@ -90,7 +91,7 @@ class Engine:
         started = time.perf_counter()
         try:
             log.info("loading %s for %s on %s (%s)", source, spec.name, device, dtype)
-            loaded = RUNNERS[spec.family].load(source, spec, device, dtype)
+            loaded = loading.load(source, spec, device, dtype)
         except BaseException as exc:
             with self._lock:
                 del self._loading[key]
@@ -197,7 +198,8 @@ class Engine:
         """The ``RemoteClient`` for ``settings`` (default: the engine's), sharing one pooled httpx client."""
         import httpx
 
-        from .remote import DeadlineTransport, RemoteClient
+        from .backends.client import RemoteClient
+        from .backends.transport import DeadlineTransport
 
         settings = settings or self.settings
         with self._lock:

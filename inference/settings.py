@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import InvalidInput
 
-__all__ = ["Settings", "parse_bytes", "parse_flag"]
+__all__ = ["Settings", "endpoint_host", "parse_bytes", "parse_flag"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -222,3 +222,9 @@ def _redact_url(url: str) -> str:
     if parts.scheme:
         return f"{parts.scheme}://{host}{parts.path}"
     return url.split("?")[0].rsplit("@", 1)[-1]
+
+
+def endpoint_host(url: str) -> str:
+    """``"https://gpu-box:8000/inference"`` → ``"gpu-box:8000"``: what we show and log of an endpoint."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else (parts.hostname or "?")

@@ -1,7 +1,8 @@
-"""The task registry: what each task takes, which parameters it accepts, and how its model is run.
+"""The task registry: what each task takes, which parameters it accepts, and what its output is.
 
-Adding a task is adding a ``TaskSpec`` here and, for the local backend, a runner for its ``family``
-in ``local.py``. Nothing in this module imports torch.
+Adding a task is adding a ``TaskSpec`` here: its parameters, its inputs, its output's codec (``codecs.py``) and
+its model family (a family's local runner lives in ``backends/local.py``, its loading in ``backends/loading.py``).
+Nothing in this module imports torch.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from .codecs import DETECTIONS, TEXT, Codec
 from .errors import InvalidInput, UnsupportedTask
 
 __all__ = [
@@ -102,7 +104,8 @@ class TaskSpec:
     parameters: type[_Parameters]
     image: Literal["required", "none"]
     prompt: Literal["required", "optional", "none"]
-    output: Literal["text", "detections"]
+    #: What the output is, and how it travels and becomes a result.
+    codec: Codec
     description: str
     #: The hub model the app and the server use when none is given.
     default_model: str
@@ -112,16 +115,16 @@ TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
         TaskSpec("text-generation", "causal-lm", GenerationParameters, image="none", prompt="required",
-                 output="text", description="continue or answer a text prompt",
+                 codec=TEXT, description="continue or answer a text prompt",
                  default_model="HuggingFaceTB/SmolLM2-135M-Instruct"),
         TaskSpec("image-to-text", "image-text", ImageTextParameters, image="required", prompt="optional",
-                 output="text", description="caption an image; with a prompt, answer it about the image",
+                 codec=TEXT, description="caption an image; with a prompt, answer it about the image",
                  default_model="Salesforce/blip-image-captioning-base"),
         TaskSpec("image-text-to-text", "image-text", ImageTextParameters, image="required", prompt="optional",
-                 output="text", description="answer a prompt about an image (vision-language chat models)",
+                 codec=TEXT, description="answer a prompt about an image (vision-language chat models)",
                  default_model="HuggingFaceTB/SmolVLM-256M-Instruct"),
         TaskSpec("object-detection", "object-detection", DetectionParameters, image="required", prompt="none",
-                 output="detections", description="find objects with boxes, labels and confidences",
+                 codec=DETECTIONS, description="find objects with boxes, labels and confidences",
                  default_model="hustvl/yolos-tiny"),
     )
 }

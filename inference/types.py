@@ -1,9 +1,13 @@
-"""Results and timings: small frozen dataclasses, the same whichever backend produced them."""
+"""Results and timings: small frozen dataclasses, the same whichever backend produced them.
+
+A backend reports what it observed as a ``Raw`` (the output and facts: wall time, load time, the server's
+timing header, attempts, bytes); ``Timings.from_raw`` derives every figure from it, in one place.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -11,9 +15,36 @@ if TYPE_CHECKING:
     import supervision as sv
     from PIL import Image
 
-__all__ = ["DetectionResult", "ModelInfo", "Result", "TextResult", "TextStream", "Timings"]
+__all__ = ["DetectionResult", "ModelInfo", "Raw", "Result", "TextResult", "TextStream", "Timings"]
 
 Source = Literal["local", "remote"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Raw:
+    """What one backend call observed: its output and the facts every figure of a result is derived from.
+
+    Backends record facts only; ``Timings.from_raw`` turns them into latencies, the same way for all of them.
+    """
+
+    #: The task's output as its codec holds it: the text, or a ``supervision.Detections``.
+    output: Any
+    #: The caller's wall time of the call on the backend, from its start (a model load it waited for included).
+    elapsed_ms: float
+    #: The part of ``elapsed_ms`` spent loading the model: here, or on the server (its ``load`` timing).
+    load_ms: float | None = None
+    #: The server's ``Server-Timing`` entries in ms (``inference``, ``queue``, ``load``); empty for local calls.
+    server_timing: Mapping[str, float] = field(default_factory=dict)
+    #: For streams: ms from the call's start to its first piece of text.
+    first_piece_ms: float | None = None
+    #: Facts about the output (finish_reason, prompt_tokens, generated_tokens, endpoint, ...), kept as received.
+    details: Mapping[str, Any] = field(default_factory=dict)
+    #: HTTP attempts the call took (1 = no retry); 1 for local calls.
+    attempts: int = 1
+    #: Bytes of the request body sent to a remote endpoint.
+    bytes_sent: int | None = None
+    #: What the caller should know about how the request ran, e.g. that its image was not used.
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -36,6 +67,35 @@ class Timings:
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_raw(cls, raw: Raw, *, earlier_load_ms: float | None = None) -> Timings:
+        """Every figure of one call, derived from what its backend observed.
+
+        A model load is reported as ``load_ms`` and kept out of every latency: ``total_ms`` is the wall time less
+        the load, and so is TTFT. ``server_ms`` is the server's inference plus queue time, ``network_ms`` the rest
+        of ``total_ms``. Tokens per second are over the whole call (prefill included), for every backend alike.
+        ``earlier_load_ms``: a load that happened before the call (``load_model`` loads at once), reported once.
+        """
+        load = raw.load_ms or 0.0
+        total = max(0.0, raw.elapsed_ms - load)
+        server = raw.server_timing
+        server_ms = network_ms = None
+        if "inference" in server:
+            server_ms = server["inference"] + server.get("queue", 0.0)
+            network_ms = max(0.0, total - server_ms)
+        tokens = raw.details.get("generated_tokens")
+        tokens = tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None
+        return cls(
+            total_ms=total,
+            server_ms=server_ms,
+            network_ms=network_ms,
+            load_ms=raw.load_ms if raw.load_ms is not None else earlier_load_ms,
+            queue_ms=server.get("queue"),
+            ttft_ms=None if raw.first_piece_ms is None else max(0.0, raw.first_piece_ms - load),
+            tokens=tokens,
+            tokens_per_s=round(tokens / (total / 1000), 2) if tokens is not None and total > 0 else None,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +139,11 @@ class TextResult(_ResultBase):
 
     text: str
 
+    @property
+    def brief(self) -> str:
+        """The answer in a few words, for a history table."""
+        return self.text[:120]
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the result."""
         return {"text": self.text, **self._common_dict()}
@@ -91,6 +156,11 @@ class DetectionResult(_ResultBase):
     detections: sv.Detections
     #: (width, height) of the image the boxes refer to.
     image_size: tuple[int, int]
+
+    @property
+    def brief(self) -> str:
+        """The answer in a few words, for a history table."""
+        return f"{len(self.detections)} detections"
 
     @property
     def class_names(self) -> list[str]:

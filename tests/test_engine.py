@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from inference import Engine, ModelLoadError, Settings, get_engine, load_model
-from inference import local as local_module
+from inference.backends import loading
 from inference.engine import _trim_heap
 
 
@@ -18,15 +18,14 @@ from inference.engine import _trim_heap
 def count_loads(monkeypatch):
     """Count real loads per family (the real loader still runs; a short pause widens the race window)."""
     counts: dict[str, int] = {}
-    for family, runner in local_module.RUNNERS.items():
-        original = runner.load
+    original = loading.load
 
-        def counting(source, spec, device, dtype, _original=original, _family=family):
-            counts[_family] = counts.get(_family, 0) + 1
-            threading.Event().wait(0.2)
-            return _original(source, spec, device, dtype)
+    def counting(source, spec, device, dtype):
+        counts[spec.family] = counts.get(spec.family, 0) + 1
+        threading.Event().wait(0.2)
+        return original(source, spec, device, dtype)
 
-        monkeypatch.setattr(runner, "load", counting)
+    monkeypatch.setattr(loading, "load", counting)
     return counts
 
 

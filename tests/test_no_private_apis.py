@@ -10,8 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted(path for folder in ("inference", "ui", "pages") for path in (ROOT / folder).rglob("*.py")) + [
     ROOT / "streamlit_app.py"]
-#: Private modules and attributes of httpx, httpcore and Streamlit, the libraries we lean on most closely.
-PRIVATE = re.compile(r"\b(httpx|httpcore|streamlit)\._|\._pool\b|_network_backend|streamlit\.runtime|PagesManager")
+#: Private modules and attributes of httpx, httpcore, Streamlit and transformers, the libraries we lean on most closely.
+PRIVATE = re.compile(r"\b(httpx|httpcore|streamlit|transformers)\._|\._pool\b|_network_backend|streamlit\.runtime|"
+                     r"PagesManager|\._model_mapping\b")
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda path: str(path.relative_to(ROOT)))

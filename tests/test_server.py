@@ -383,10 +383,10 @@ def test_a_500_closes_its_connection_and_is_logged_once(demo_dir, caplog):
 
 @pytest.fixture
 def quick_limits(monkeypatch):
-    import inference.server
+    from inference.server import http
 
-    monkeypatch.setattr(inference.server, "HEADER_TIMEOUT", 0.5)
-    monkeypatch.setattr(inference.server, "BODY_TIMEOUT", 0.5)
+    monkeypatch.setattr(http, "HEADER_TIMEOUT", 0.5)
+    monkeypatch.setattr(http, "BODY_TIMEOUT", 0.5)
 
 
 def _raw_connection(url: str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from inference.loopback import LoopbackServer
-from inference.remote import endpoint_host
+from inference.settings import endpoint_host
 
 from . import app, state
 

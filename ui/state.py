@@ -18,7 +18,7 @@ from inference.demo_models import (
     is_demo_model,
 )
 from inference.loopback import LoopbackServer
-from inference.remote import endpoint_host
+from inference.settings import endpoint_host
 from inference.tasks import TASKS
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"

@@ -1,12 +1,11 @@
-"""The remote backend: an httpx client for the wire protocol (see DESIGN.md).
+"""The HTTP client of remote endpoints: deadline, retries, failover, bounded reads and error mapping.
 
-One pooled ``httpx.Client`` per engine. Every call has an overall deadline (``REMOTE_INFERENCE_TIMEOUT``)
-that bounds connecting, retries, waiting and slow-drip bodies alike: the engine's transport gives every
-socket connect, read and write only the time left until the calling thread's deadline, so calls run in the
-caller's thread with no hand-off and still end on time. Retries (stamina) happen only on connect errors and
-408/429/502/503/504, honouring ``Retry-After``; a comma-separated endpoint list fails over on connect errors
-and 5xx. Errors are mapped to the ``InferenceError`` tree in one place, and no message, log line or repr ever
-holds the token.
+One pooled ``httpx.Client`` per engine (built on ``transport.DeadlineTransport``). Every call has an overall
+deadline (``REMOTE_INFERENCE_TIMEOUT``) that bounds connecting, retries, waiting and slow-drip bodies alike.
+``_send`` is the one retry loop (stamina) over the endpoints in failover order: retries happen only on connect
+errors and 408/429/502/503/504, honouring ``Retry-After``; a comma-separated endpoint list fails over on connect
+errors and 5xx. ``map_errors`` maps every failure to the ``InferenceError`` tree, in one place, and no message,
+log line or repr ever holds the token.
 """
 
 from __future__ import annotations
@@ -17,38 +16,20 @@ import math
 import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-from functools import partial
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpcore
 import httpx
+import stamina
 
-from .errors import (
-    BadResponse,
-    InferenceError,
-    InferenceTimeout,
-    InvalidInput,
-    RemoteUnavailable,
-)
-from .settings import Settings
-from .tasks import TaskSpec
-from .wire import (
-    ERRORS,
-    Payload,
-    Spec,
-    code_of_answer,
-    dumps,
-    parse_detections,
-    parse_error,
-    parse_server_timing,
-    parse_text,
-)
+from ..errors import BadResponse, InferenceError, InferenceTimeout, InvalidInput, RemoteUnavailable
+from ..settings import Settings, endpoint_host
+from ..wire import ERRORS, Spec, code_of_answer, dumps, parse_error
+from .transport import BoundedStream, ConnectionLog, current_deadline, deadline_scope
 
-__all__ = ["DeadlineTransport", "RemoteBackend", "RemoteClient", "endpoint_host"]
+__all__ = ["RemoteAnswer", "RemoteClient"]
 
 log = logging.getLogger(__name__)
 
@@ -64,204 +45,6 @@ WAIT_INITIAL, WAIT_MAX, WAIT_JITTER = 0.1, 2.0, 0.1
 DEADLINE_SLACK = 0.01
 #: How much of an error answer is read: enough for the protocol's JSON error, or an excerpt of anything else.
 ERROR_BODY_BYTES = 64 * 1024
-
-
-# --------------------------------------------------------------------------- the deadline transport
-
-#: The monotonic time the current thread's call must end by (None: no deadline, plain httpx timeouts).
-_DEADLINE: ContextVar[float | None] = ContextVar("inference_remote_deadline", default=None)
-#: The call running in this thread, told by the transport when it opens a connection (see ``_Connections``).
-_CONNECTIONS: ContextVar[_Connections | None] = ContextVar("inference_remote_connections", default=None)
-
-
-@contextmanager
-def _deadline(at: float) -> Iterator[None]:
-    token = _DEADLINE.set(at)
-    try:
-        yield
-    finally:
-        _DEADLINE.reset(token)
-
-
-class _Connections:
-    """What one call did on the deadline transport's sockets: connections opened, and whether it wrote at all.
-
-    A request that failed before its answer, written on a connection it did not open, was sent on a kept-alive
-    one. (Other transports tell us nothing: ``used`` stays False and no such failure is retried.)
-    """
-
-    def __init__(self) -> None:
-        self.opened = 0
-        self.used = False
-
-    @contextmanager
-    def counting(self) -> Iterator[None]:
-        token = _CONNECTIONS.set(self)
-        try:
-            yield
-        finally:
-            _CONNECTIONS.reset(token)
-
-
-def _bounded(timeout: float | None, error: type[Exception]) -> float | None:
-    """``timeout`` cut to the time left before the current deadline; ``error`` once none is left."""
-    deadline = _DEADLINE.get()
-    if deadline is None:
-        return timeout
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise error("the call's deadline has passed")
-    return remaining if timeout is None else min(timeout, remaining)
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
-        self._stream = stream
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if (connections := _CONNECTIONS.get()) is not None:
-            connections.used = True
-        self._stream.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(self, ssl_context, server_hostname: str | None = None, timeout: float | None = None):
-        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname,
-                                                      _bounded(timeout, httpcore.ConnectTimeout)))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's network backend, with every socket operation bounded by the calling thread's deadline."""
-
-    def __init__(self, backend: httpcore.NetworkBackend) -> None:
-        self._backend = backend
-
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options=None) -> httpcore.NetworkStream:
-        if (connections := _CONNECTIONS.get()) is not None:
-            connections.opened += 1
-        return _DeadlineStream(self._backend.connect_tcp(host, port, _bounded(timeout, httpcore.ConnectTimeout),
-                                                         local_address, socket_options))
-
-    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options=None) -> httpcore.NetworkStream:
-        if (connections := _CONNECTIONS.get()) is not None:
-            connections.opened += 1
-        return _DeadlineStream(self._backend.connect_unix_socket(path, _bounded(timeout, httpcore.ConnectTimeout),
-                                                                 socket_options))
-
-    def sleep(self, seconds: float) -> None:
-        self._backend.sleep(seconds)
-
-
-#: httpcore's errors as httpx names them (most specific first), so callers and tests see httpx's exceptions.
-_HTTPCORE_ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.ProxyError, httpx.ProxyError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-)
-
-
-@contextmanager
-def _httpx_errors() -> Iterator[None]:
-    """httpcore's exceptions raised as httpx's, as httpx's own transport does."""
-    try:
-        yield
-    except Exception as exc:
-        for source, target in _HTTPCORE_ERRORS:
-            if isinstance(exc, source):
-                raise target(str(exc)) from exc
-        raise
-
-
-class _ResponseStream(httpx.SyncByteStream):
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def __iter__(self) -> Iterator[bytes]:
-        with _httpx_errors():
-            yield from self.stream
-
-    def close(self) -> None:
-        with _httpx_errors():
-            self.stream.close()
-
-
-class DeadlineTransport(httpx.BaseTransport):
-    """An httpx transport whose every socket connect, read and write ends at the calling call's deadline.
-
-    httpx's own read timeout restarts with every chunk, so a body that drips a byte at a time could outlive
-    any timeout; here each socket operation gets only the time left. It is httpcore's connection pool with our
-    network backend (``ConnectionPool(network_backend=...)``, httpcore's public seam for this), behind httpx's
-    public ``BaseTransport``. Outside a ``RemoteClient`` call it behaves as httpx's ``HTTPTransport``.
-
-    Args:
-        limits: connection pool limits. verify: TLS verification, as for ``httpx.Client``.
-    """
-
-    def __init__(self, *, limits: httpx.Limits | None = None, verify: Any = True) -> None:
-        limits = limits or httpx.Limits()
-        self.pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify), max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_DeadlineBackend(httpcore.SyncBackend()),
-        )
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
-            headers=request.headers.raw, content=request.stream, extensions=request.extensions,
-        )
-        with _httpx_errors():
-            response = self.pool.handle_request(core_request)
-        return httpx.Response(status_code=response.status, headers=response.headers,
-                              stream=_ResponseStream(response.stream), extensions=response.extensions)
-
-    def close(self) -> None:
-        self.pool.close()
-
-
-class _BoundedStream(httpx.SyncByteStream):
-    """A response's byte stream that raises ``too_large()`` once more than ``limit`` bytes came through it."""
-
-    def __init__(self, stream: httpx.SyncByteStream, limit: int, too_large) -> None:
-        self.stream, self.limit, self.too_large = stream, limit, too_large
-
-    def __iter__(self) -> Iterator[bytes]:
-        size = 0
-        for chunk in self.stream:
-            size += len(chunk)
-            if size > self.limit:
-                raise self.too_large()
-            yield chunk
-
-    def close(self) -> None:
-        self.stream.close()
-
-
-def endpoint_host(url: str) -> str:
-    """``"https://gpu-box:8000/inference"`` → ``"gpu-box:8000"``: what we show and log of an endpoint."""
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port}" if parts.port else (parts.hostname or "?")
 
 
 class _StatusFailure(Exception):
@@ -297,7 +80,7 @@ class _CallState:
     endpoint: str = ""
     cancelled: bool = False  # a stream's reader stopped (set from any thread)
 
-    connections: _Connections = field(default_factory=_Connections)
+    connections: ConnectionLog = field(default_factory=ConnectionLog)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -322,6 +105,8 @@ class RemoteAnswer:
     attempts: int
     bytes_sent: int
     endpoint: str
+
+
 
 
 class RemoteClient:
@@ -358,12 +143,12 @@ class RemoteClient:
         """The deadline of one call: ``REMOTE_INFERENCE_TIMEOUT`` from now, or that of the call already running in
         this thread. Everything a call does (its model-list look-up, retries, the body) counts against it.
         """
-        current = _DEADLINE.get()
+        current = current_deadline()
         if current is not None:
             yield current
             return
         at = time.monotonic() + self.settings.remote_timeout
-        with _deadline(at):
+        with deadline_scope(at):
             yield at
 
     def infer(self, spec: Spec, image: tuple[bytes, str] | None = None, *, use_remote: bool = False) -> RemoteAnswer:
@@ -420,46 +205,29 @@ class RemoteClient:
     # ------------------------------------------------------------------ the call
 
     def _call(self, parts: _Parts, state: _CallState) -> tuple[httpx.Response, bytes]:
-        """Attempts with retries, then the body (a stream: only its headers). Runs inside ``_deadline``."""
-        send = partial(self._attempt, parts, state)
-        try:
+        """The attempts, then the body (a stream: only its headers). Runs inside the call's deadline."""
+        with self.map_errors(state):
             with state.connections.counting():
-                try:
-                    response = send()  # most calls succeed at once: that path skips the retry machinery
-                except (httpx.TransportError, _StatusFailure, _ReusedConnectionLost) as failure:
-                    response = self._retry(failure, send, state)
+                response = self._send(parts, state)
             if parts.stream and response.status_code < 300:
                 self._bound_stream(response)
                 return response, b""
             body = self._read(response, cut=response.status_code >= 300)
-        except _StatusFailure as exc:
-            raise self._status_error(exc.response, exc.body) from None
-        except _ReusedConnectionLost as exc:
-            raise self._transport_error(exc.error, state) from None
-        except httpx.TransportError as exc:
-            raise self._transport_error(exc, state) from None
-        except httpx.DecodingError as exc:
-            raise BadResponse(f"the remote endpoint {state.endpoint} sent a body that cannot be decoded "
-                              f"({_describe(exc)})") from None
         if 300 <= response.status_code < 400:
             raise self._redirected(response)
         if response.status_code >= 400:
             raise self._status_error(response, body)
         return response, body
 
-    def _retry(self, failure: Exception, send, state: _CallState) -> httpx.Response:
-        """The attempts after a failed first one: stamina judges each failure (``_backoff``), waits and counts."""
-        import stamina
-
+    def _send(self, parts: _Parts, state: _CallState) -> httpx.Response:
+        """The one retry loop: stamina judges each failed attempt (``_backoff``), waits and counts."""
         for attempt in stamina.retry_context(on=partial(self._backoff, state=state), attempts=self.max_attempts,
                                              timeout=None, wait_initial=WAIT_INITIAL, wait_max=WAIT_MAX,
                                              wait_jitter=WAIT_JITTER):
             with attempt:
                 state.next_wait = attempt.next_wait
-                if attempt.num == 1:
-                    raise failure  # the first attempt's failure, handed to stamina like any other
-                response = send()
-        return response
+                return self._attempt(parts, state)
+        raise AssertionError("unreachable: stamina re-raises the last failure")
 
     def _backoff(self, exc: Exception, state: _CallState) -> bool | float:
         """stamina's hook: False to give up on ``exc``; True for its exponential backoff; or seconds to wait."""
@@ -484,6 +252,13 @@ class RemoteClient:
                         state.attempts + 1, self.max_attempts)
         return wait
 
+    def _failover_order(self, start: int | None = None) -> Iterator[tuple[int, str]]:
+        """(index, url) of every endpoint, from ``start`` (default: the one that answered last) round the list."""
+        first = self._preferred if start is None else start
+        for position in range(len(self.endpoints)):
+            index = (first + position) % len(self.endpoints)
+            yield index, self.endpoints[index]
+
     def _parts(self, spec: Spec, image, use_remote: bool, *, stream: bool) -> _Parts:
         """The multipart request of one call (the same for every attempt and endpoint)."""
         files: dict[str, Any] = {"spec": (None, dumps(spec.model_dump(mode="json")), "application/json")}
@@ -491,22 +266,21 @@ class RemoteClient:
             data, content_type = image
             extension = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}.get(content_type, "bin")
             files["image"] = (f"image.{extension}", data, content_type)
-        headers = {"Accept": "text/event-stream" if stream else "application/json"}
+        headers = {"Accept": "text/event-stream" if stream else "application/json", **self._auth()}
         if stream:
             headers["Accept-Encoding"] = "identity"  # the stream's bound counts the bytes as they are sent
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
         return _Parts(files, {"use_remote": "true"} if use_remote else None, headers, stream)
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
     def _attempt(self, parts: _Parts, state: _CallState) -> httpx.Response:
         """One attempt: each endpoint in failover order until one answers without a 5xx or connect error."""
         state.attempts += 1
-        count = len(self.endpoints)
         failure: Exception | None = None
-        for position in range(count):
-            index = (self._preferred + position) % count
-            url = self.endpoints[index]
+        for position, (index, url) in enumerate(self._failover_order()):
             state.endpoint = self._hosts[index]
+            last = position == len(self.endpoints) - 1
             remaining = max(0.001, state.remaining())
             # The deadline transport ends every read and write at the deadline; these bound any other transport.
             request = self._http.build_request(
@@ -515,7 +289,6 @@ class RemoteClient:
                                       pool=remaining),
             )
             state.bytes_sent = int(request.headers.get("content-length", 0))
-            last = position == count - 1
             connections = state.connections
             opened, connections.used = connections.opened, False
             try:
@@ -566,7 +339,7 @@ class RemoteClient:
 
     def _bound_stream(self, response: httpx.Response) -> None:
         """Bound an event stream's bytes, as ``_read`` bounds a body (streams are asked for without compression)."""
-        response.stream = _BoundedStream(response.stream, self.settings.max_response_bytes,
+        response.stream = BoundedStream(response.stream, self.settings.max_response_bytes,
                                          lambda: self._too_large(response, "its event stream"))
 
     def _too_large(self, response: httpx.Response, what: str) -> BadResponse:
@@ -595,14 +368,8 @@ class RemoteClient:
         events = EventSource(response).iter_sse()
         try:
             while not state.cancelled:
-                try:
-                    with _deadline(state.deadline):
-                        event = next(events, None)
-                except httpx.TransportError as exc:
-                    raise self._transport_error(exc, state, streaming=True) from None
-                except httpx.DecodingError as exc:
-                    raise BadResponse(f"the remote endpoint {state.endpoint} sent a stream that cannot be decoded "
-                                      f"({_describe(exc)})") from None
+                with deadline_scope(state.deadline), self.map_errors(state, streaming=True):
+                    event = next(events, None)
                 if event is None:
                     return
                 if not event.data:
@@ -624,42 +391,48 @@ class RemoteClient:
 
     def _get(self, path: str) -> Any:
         """``GET path`` of the first endpoint that answers; within ``STATUS_TIMEOUT`` and the running call's deadline."""
-        headers = {"Accept": "application/json"}
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        failure: Exception | None = None
-        call_deadline = _DEADLINE.get() or math.inf
-        for url, host in zip(self.endpoints, self._hosts, strict=True):
-            target = httpx.URL(url).join(path)
+        headers = {"Accept": "application/json", **self._auth()}
+        failure: InferenceError | None = None
+        call_deadline = current_deadline() or math.inf
+        for index, url in self._failover_order(start=0):
             deadline = min(call_deadline, time.monotonic() + STATUS_TIMEOUT)
+            state = _CallState(deadline=deadline, endpoint=self._hosts[index])
             try:
-                with _deadline(deadline):
-                    response = self._http.send(self._http.build_request("GET", target, headers=headers,
-                                                                        timeout=STATUS_TIMEOUT), stream=True)
+                with deadline_scope(deadline), self.map_errors(state):
+                    request = self._http.build_request("GET", httpx.URL(url).join(path), headers=headers,
+                                                       timeout=STATUS_TIMEOUT)
+                    response = self._http.send(request, stream=True)
                     body = self._read(response, cut=response.status_code >= 300)
-            except httpx.TransportError as exc:
-                failure = self._transport_error(exc, _CallState(deadline=deadline, endpoint=host))
-                continue
-            except httpx.DecodingError as exc:
-                failure = BadResponse(f"the remote endpoint {host} sent a body that cannot be decoded ({_describe(exc)})")
-                continue
-            except BadResponse as exc:  # over the size bound
+                if 300 <= response.status_code < 400:
+                    raise self._redirected(response)
+                if response.status_code >= 400:
+                    raise self._status_error(response, body)
+                try:
+                    return json.loads(body)
+                except ValueError:
+                    raise self._bad_response(response, body, "the body is not JSON") from None
+            except InferenceError as exc:
                 failure = exc
-                continue
-            if 300 <= response.status_code < 400:
-                failure = self._redirected(response)
-                continue
-            if response.status_code >= 400:
-                failure = self._status_error(response, body)
-                continue
-            try:
-                return json.loads(body)
-            except ValueError:
-                failure = self._bad_response(response, body, "the body is not JSON")
         assert failure is not None
         raise failure
 
     # ------------------------------------------------------------------ error mapping (the one place)
+
+    @contextmanager
+    def map_errors(self, state: _CallState, *, streaming: bool = False) -> Iterator[None]:
+        """Every failure of a call's HTTP exchange raised as the ``InferenceError`` it means."""
+        try:
+            yield
+        except _StatusFailure as exc:
+            raise self._status_error(exc.response, exc.body) from None
+        except _ReusedConnectionLost as exc:
+            raise self._transport_error(exc.error, state, streaming=streaming) from None
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc, state, streaming=streaming) from None
+        except httpx.DecodingError as exc:
+            what = "stream" if streaming else "body"
+            raise BadResponse(f"the remote endpoint {state.endpoint} sent a {what} that cannot be decoded "
+                              f"({_describe(exc)})") from None
 
     def _transport_error(self, exc: httpx.TransportError, state: _CallState, *, streaming: bool = False) -> InferenceError:
         host = state.endpoint or ", ".join(self._hosts)
@@ -770,160 +543,3 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 def _describe(exc: Exception) -> str:
     return str(exc) if isinstance(exc, _StatusFailure) else type(exc).__name__
-
-
-# --------------------------------------------------------------------------- backend
-
-
-class RemoteBackend:
-    """Runs requests on the remote endpoint; the results look exactly like local ones."""
-
-    name = "remote"
-
-    def __init__(self, client: RemoteClient, model_id: str, spec: TaskSpec, *, use_remote: bool = False) -> None:
-        self.client, self.model_id, self.spec, self.use_remote = client, model_id, spec, use_remote
-        self._info: dict[str, Any] | None = None
-
-    def _wire(self, request) -> tuple[Spec, tuple[bytes, str] | None, float]:
-        parameters = request.parameters.model_dump(exclude_unset=True, exclude_none=True)
-        spec = Spec(model_id=self.model_id, task=self.spec.name,
-                    payload=Payload(inputs=request.prompt, parameters=parameters))
-        if request.image_data is None:
-            return spec, None, 1.0
-        data, content_type, scale = request.image_data.for_upload(self.client.settings.upload_max_edge)
-        return spec, (data, content_type), scale
-
-    def run(self, request) -> tuple[Any, dict[str, Any]]:
-        """POST ``request``; returns (text or detections, result fields)."""
-        with self.client.call_deadline():  # one deadline for all the call does, the class names' look-up too
-            if self.spec.output == "detections":
-                self.info()  # class names for stable class ids: fetched once, and not timed as part of a call
-            started = time.perf_counter()
-            spec, image, scale = self._wire(request)
-            answer = self.client.infer(spec, image, use_remote=self.use_remote)
-        try:
-            if self.spec.output == "detections":
-                output: Any = self._detections(answer.data, scale)
-                fields: dict[str, Any] = {"image_size": request.image_data.size}
-            else:
-                text = parse_text(answer.data)
-                output = text.generated_text
-                fields = {"details": dict(text.details or {})}
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            raise BadResponse(
-                f"the remote endpoint {answer.endpoint} answered JSON of the wrong shape for {self.spec.name}: "
-                f"{str(exc).splitlines()[0]}"
-            ) from None
-        total_ms = (time.perf_counter() - started) * 1000
-        fields["details"] = {**fields.get("details", {}), **_answer_details(answer)}
-        return output, {**fields, **_timing_fields(answer.headers, total_ms), **_answer_fields(answer)}
-
-    def stream(self, request):
-        """Stream text over server-sent events; returns (pieces, handle, load_ms)."""
-        started = time.perf_counter()
-        spec, image, _ = self._wire(request)
-        events, answer, state = self.client.stream(spec, image, use_remote=self.use_remote)
-        timings = parse_server_timing(answer.headers.get("server-timing"))
-        load_ms = timings.get("load")
-        if load_ms is not None:
-            # The server loaded the model before it started streaming: load_ms, never latency or TTFT.
-            started = min(time.perf_counter(), started + load_ms / 1000)
-        handle = _RemoteStreamHandle(started, state, answer, events, queue_ms=timings.get("queue", 0.0))
-        return handle.pieces(), handle, load_ms
-
-    def info(self) -> dict[str, Any]:
-        """Device and classes of the model as the endpoint reports them (``GET /models``), when it does."""
-        if self._info is None:
-            facts: dict[str, Any] = {}
-            try:
-                for item in self.client.models():
-                    if isinstance(item, dict) and item.get("id") == self.model_id:
-                        facts = {"device": item.get("device"), "dtype": item.get("dtype"),
-                                 "classes": tuple(item.get("classes") or ()),
-                                 "memory_bytes": item.get("memory_bytes")}
-                        break
-            except InferenceError as exc:
-                log.info("GET /models failed (%s); model info stays partial", exc)
-            if facts and (facts["classes"] or self.spec.output != "detections"):
-                self._info = facts  # complete: no need to ask again
-            return dict(facts)
-        return dict(self._info)
-
-    def _detections(self, data: Any, scale: float):
-        from .annotate import detections_from_list
-
-        items = parse_detections(data)
-        if any(before["score"] < after["score"] for before, after in zip(items, items[1:])):
-            items = sorted(items, key=lambda item: item["score"], reverse=True)  # best first, like local results
-        detections = detections_from_list(items, self.info().get("classes", ()))
-        if scale != 1.0 and len(detections):
-            # NOTE: the server reports pixels of the image as sent (downscaled), so map back to the original.
-            detections.xyxy = detections.xyxy * scale
-        return detections
-
-
-class _RemoteStreamHandle:
-    """The stream handle ``Model.stream`` expects: started_at, cancel(), details and extra fields."""
-
-    def __init__(self, started_at: float, state: _CallState, answer: RemoteAnswer,
-                 events: Generator[dict[str, Any], None, None], *, queue_ms: float = 0.0) -> None:
-        self.started_at, self.state, self.answer, self.events = started_at, state, answer, events
-        self.queue_ms = queue_ms
-        self.details: dict[str, Any] = {}
-        self.fields: dict[str, Any] = {}
-
-    def pieces(self) -> Iterator[str]:
-        final: dict[str, Any] | None = None
-        for event in self.events:
-            if "token" in event:
-                token = event["token"]
-                yield token if isinstance(token, str) else str(token.get("text", ""))
-            elif "generated_text" in event:
-                final = event
-        details = dict((final or {}).get("details") or {})
-        server_ms = details.pop("server_ms", None)
-        self.details = {**details, **_answer_details(self.answer)}
-        total_ms = (time.perf_counter() - self.started_at) * 1000
-        self.fields = _answer_fields(self.answer)
-        if server_ms is not None:
-            server_ms += self.queue_ms  # as for answers in one piece: time in the server, queue included
-            self.fields.update(server_ms=server_ms, network_ms=max(0.0, total_ms - server_ms), queue_ms=self.queue_ms)
-
-    def cancel(self) -> None:
-        self.state.cancelled = True
-        try:
-            self.events.close()  # closes the connection now, so the server stops generating
-        except ValueError:
-            pass  # being read in another thread: that read ends it at its next event
-
-
-def _answer_details(answer: RemoteAnswer) -> dict[str, Any]:
-    details = {"endpoint": answer.endpoint}
-    source = answer.headers.get("x-inference-source")
-    if source:
-        details["server_source"] = source
-    return details
-
-
-def _answer_fields(answer: RemoteAnswer) -> dict[str, Any]:
-    """Result fields every answer gives: attempts, bytes sent, and the server's warnings (``X-Inference-Warning``)."""
-    fields: dict[str, Any] = {"attempts": answer.attempts, "bytes_sent": answer.bytes_sent}
-    warnings = answer.headers.get_list("x-inference-warning")
-    if warnings:
-        fields["warnings"] = tuple(warnings)
-    return fields
-
-
-def _timing_fields(headers: httpx.Headers, total_ms: float) -> dict[str, Any]:
-    timings = parse_server_timing(headers.get("server-timing"))
-    fields: dict[str, Any] = {"total_ms": total_ms}
-    if timings:
-        if "load" in timings:
-            # A model load on the server is reported once, as load_ms, and kept out of the latencies.
-            fields["load_ms"] = timings["load"]
-            fields["total_ms"] = total_ms = max(0.0, total_ms - timings["load"])
-        server_ms = timings.get("inference", 0.0) + timings.get("queue", 0.0)
-        fields.update(server_ms=server_ms, network_ms=max(0.0, total_ms - server_ms))
-        if "queue" in timings:
-            fields["queue_ms"] = timings["queue"]
-    return fields
