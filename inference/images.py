@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,22 +72,12 @@ class ImageData:
         if not self.raw:
             raise InvalidInput(f"{self.origin} is empty: upload or pass a JPEG, PNG or WebP image",
                                code="unsupported_media_type")
-        try:
+        with _pillow_errors(self.origin, max_pixels):
             header = Image.open(io.BytesIO(self.raw), formats=LOCAL_FORMATS)
             _check_size(header.size, max_pixels)  # before anything below could decode a pixel
             # Pillow finds a PNG's EXIF after the pixels only by decoding them: read it when the header had it.
             exif = header.getexif() if header.format != "PNG" or "exif" in header.info else {}
             orientation = exif.get(_ORIENTATION, 1)
-        except InvalidInput:
-            raise
-        except Image.DecompressionBombError as exc:
-            raise _bomb(self.origin, max_pixels, exc) from None
-        except UnidentifiedImageError:
-            raise InvalidInput(f"{self.origin} is not an image Pillow can read: use JPEG, PNG or WebP",
-                               code="unsupported_media_type") from None
-        except Exception as exc:  # a damaged header (any Pillow error): the image is bad
-            raise InvalidInput(f"{self.origin} is damaged or truncated and cannot be decoded ({exc})",
-                               code="unsupported_media_type") from None
         if header.format not in formats:
             names = ", ".join("WebP" if name == "WEBP" else name for name in formats)
             raise InvalidInput(f"{self.origin} is a {header.format} image, which is not accepted here: send {names}",
@@ -160,11 +152,19 @@ def _read_path(source: str | os.PathLike) -> bytes:
 def _decode(data: bytes, origin: str, max_pixels: int) -> Image.Image:
     if not data:
         raise InvalidInput(f"{origin} is empty: upload or pass a JPEG, PNG or WebP image", code="unsupported_media_type")
-    try:
+    with _pillow_errors(origin, max_pixels):
         # Image.open reads only the header, so the size check below runs before any pixel is decoded.
         image = Image.open(io.BytesIO(data), formats=LOCAL_FORMATS)
         _check_size(image.size, max_pixels)
         image.load()
+    return _to_rgb(image)
+
+
+@contextmanager
+def _pillow_errors(origin: str, max_pixels: int) -> Iterator[None]:
+    """Whatever Pillow raises on untrusted bytes, as the ``InvalidInput`` it means: the image is bad, not the caller."""
+    try:
+        yield
     except InvalidInput:
         raise
     except Image.DecompressionBombError as exc:
@@ -173,11 +173,9 @@ def _decode(data: bytes, origin: str, max_pixels: int) -> Image.Image:
         raise InvalidInput(f"{origin} is not an image Pillow can read: use JPEG, PNG or WebP",
                            code="unsupported_media_type") from None
     except Exception as exc:
-        # Decoding untrusted bytes: Pillow raises OSError("image file is truncated"), SyntaxError, struct.error,
-        # ... for damaged files. Whatever it raises, the image is bad, not the server.
+        # Pillow raises OSError("image file is truncated"), SyntaxError, struct.error, ... for damaged files.
         raise InvalidInput(f"{origin} is damaged or truncated and cannot be decoded ({exc})",
                            code="unsupported_media_type") from None
-    return _to_rgb(image)
 
 
 # NOTE: no warnings.catch_warnings() around Image.open: it swaps the process-wide filters, which is not

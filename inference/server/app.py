@@ -7,9 +7,7 @@ encode); ``GET /health`` and ``GET /models`` report status. Models run in worker
 
 from __future__ import annotations
 
-import hmac
 import logging
-import math
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,18 +15,14 @@ from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..backends.loading import tasks_of
 from ..engine import Engine
-from ..errors import InferenceError
 from ..settings import Settings
-from ..tasks import TASKS, get_task
-from ..wire import Spec, code_of_error, error_body
+from ..tasks import TASKS
+from ..wire import Spec
 from .gate import Gate
-from .http import ApiError, ProtocolJSON, RequestBodyMiddleware, RequestLogMiddleware, error_response
+from .http import BearerAuth, RequestBodyMiddleware, RequestLogMiddleware, install_error_handlers
 from .pipeline import InferenceService, ServedModel
 
 __all__ = ["INFERENCE_BODY", "MAX_BODY_BYTES", "create_app", "default_models"]
@@ -96,91 +90,29 @@ def create_app(
     # Forwarded (use_remote) requests share one gate, wider than a model's: they wait on the network, not a CPU.
     gateway = Gate("gateway", 16, queue_size)
     service = InferenceService(engine, settings, served)
-    tokens = [token.get_secret_value().encode() for token in settings.server_tokens]
-
-    def warm_up() -> None:
-        # What every first request needs, whatever its model: torch and transformers' model machinery (seconds
-        # of imports). Then every model's tasks and classes, read from configs; then, with preload, the weights.
-        from transformers import GenerationMixin, PreTrainedModel  # noqa: F401
-
-        for model in served.values():
-            try:
-                model.tasks, model.classes = tasks_of(model.source)
-            except InferenceError as exc:
-                model.status, model.error = "error", str(exc)
-                log.warning("model %s is not available: %s", model.id, exc)
-        for model in served.values():
-            if preload and model.tasks:
-                try:
-                    service.ready(model, get_task(model.tasks[0]))  # no request reports this load
-                except InferenceError as exc:
-                    log.warning("model %s could not be loaded: %s", model.id, exc)
+    authorize = BearerAuth(settings.server_tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        threading.Thread(target=warm_up, name="inference-warm-up", daemon=True).start()
+        threading.Thread(target=service.warm_up, args=(preload,), name="inference-warm-up", daemon=True).start()
         yield
         service.close_streams()  # stop generating for clients we no longer serve
 
     # The schema and its pages tell anyone who asks what the server serves: not without the token.
-    docs = {} if not tokens else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    docs = {} if not authorize.tokens else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="Inference Studio reference server", version="1", lifespan=lifespan, **docs)
     app.add_middleware(RequestBodyMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(RequestLogMiddleware)
     app.state.service = service
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            spec_schema = Spec.model_json_schema(ref_template="#/components/schemas/{model}")
-            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-            schemas.update(spec_schema.pop("$defs", {}), Spec=spec_schema)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi
-
-    def authorize(request: Request) -> None:
-        if not tokens:
-            return
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        offered = credentials.strip().encode()
-        # compare_digest against every token, always: the time taken says nothing about which one matched.
-        matched = [hmac.compare_digest(offered, token) for token in tokens]
-        if scheme.lower() != "bearer" or not any(matched):
-            raise ApiError("unauthorized", "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
-                           headers={"WWW-Authenticate": 'Bearer realm="inference"'})
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> ProtocolJSON:
-        return error_response(exc.code, exc.message, exc.headers)
-
-    @app.exception_handler(InferenceError)
-    async def inference_error(request: Request, exc: InferenceError) -> ProtocolJSON:
-        # Our own failures and, in gateway mode, the upstream's: its code, status and Retry-After pass through.
-        code = code_of_error(exc)
-        headers = {"Retry-After": f"{math.ceil(exc.retry_after)}"} if exc.retry_after is not None else None
-        return error_response(code, str(exc), headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> ProtocolJSON:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        if code is None:
-            return ProtocolJSON(error_body("error", str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
-        return error_response(code, str(exc.detail), exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> ProtocolJSON:
-        return error_response("invalid_input", str(exc))
+    app.openapi = partial(_openapi, app)
+    install_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         """Liveness: answers at once, even while models work."""
         loaded = sum(1 for model in served.values() if model.status == "loaded")
         return {"status": "ok", "served": len(served), "loaded": loaded,
-                "auth": "bearer" if tokens else "none"}
+                "auth": "bearer" if authorize.tokens else "none"}
 
     @app.get("/models")
     async def list_models(request: Request) -> dict[str, Any]:
@@ -204,3 +136,16 @@ def create_app(
         return service.encode_response(call, prediction, queue_ms, partial(gate.release, admission))
 
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, with the protocol's ``Spec`` among its components (the multipart body refers to it)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        spec_schema = Spec.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(spec_schema.pop("$defs", {}), Spec=spec_schema)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -8,19 +8,27 @@ holds however it ends (``EventStream``).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.sse import format_sse_event
+from pydantic import SecretStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..wire import ERRORS, dumps, error_body
+from ..errors import InferenceError
+from ..wire import ERRORS, code_of_error, dumps, error_body
 
 __all__ = [
     "ApiError",
+    "BearerAuth",
     "EventStream",
     "ProtocolJSON",
     "RequestBodyMiddleware",
@@ -28,6 +36,7 @@ __all__ = [
     "error_response",
     "header_value",
     "http_protocol",
+    "install_error_handlers",
     "sse_event",
 ]
 
@@ -73,6 +82,57 @@ def error_response(code: str, message: str, headers: dict[str, str] | None = Non
 def header_value(text: str) -> str:
     """``text`` as an HTTP header value: ASCII, one line."""
     return " ".join(text.encode("ascii", errors="replace").decode().split())
+
+
+class BearerAuth:
+    """``Authorization: Bearer <token>`` against the server's tokens (none set: every request is let in)."""
+
+    def __init__(self, tokens: Iterable[SecretStr]) -> None:
+        self.tokens = [token.get_secret_value().encode() for token in tokens]
+
+    def __repr__(self) -> str:
+        return f"<BearerAuth tokens={len(self.tokens)}>"
+
+    def __call__(self, request: Request) -> None:
+        """Let the request in, or raise 401 ``unauthorized``."""
+        if not self.tokens:
+            return
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        offered = credentials.strip().encode()
+        # compare_digest against every token, always: the time taken says nothing about which one matched.
+        matched = [hmac.compare_digest(offered, token) for token in self.tokens]
+        if scheme.lower() != "bearer" or not any(matched):
+            raise ApiError("unauthorized", "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                           headers={"WWW-Authenticate": 'Bearer realm="inference"'})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error ``app`` answers is the protocol's JSON, with the status of its code in ``wire.ERRORS``."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> ProtocolJSON:
+        return error_response(exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(InferenceError)
+    async def inference_error(request: Request, exc: InferenceError) -> ProtocolJSON:
+        # Our own failures and, in gateway mode, the upstream's: its code, status and Retry-After pass through.
+        code = code_of_error(exc)
+        headers = {"Retry-After": f"{math.ceil(exc.retry_after)}"} if exc.retry_after is not None else None
+        return error_response(code, str(exc), headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> ProtocolJSON:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        if code is None:
+            return ProtocolJSON(error_body("error", str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+        return error_response(code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> ProtocolJSON:
+        return error_response("invalid_input", str(exc))
+
+
+# --------------------------------------------------------------------------- connections and requests
 
 
 def http_protocol() -> type:

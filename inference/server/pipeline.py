@@ -9,6 +9,7 @@ writes either with the task's codec. The server runs on the engine and the backe
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -36,6 +37,8 @@ from .gate import Gate
 from .http import ApiError, EventStream, ProtocolJSON, header_value, sse_event
 
 __all__ = ["Call", "InferenceService", "Prediction", "ServedModel"]
+
+log = logging.getLogger("inference.server")
 
 #: Form parts of a request: spec, image and use_remote. The spec may come as a file part (curl -F spec=@spec.json).
 MAX_FILES, MAX_FIELDS, MAX_PART_BYTES = 2, 4, 1024 * 1024
@@ -102,6 +105,24 @@ class InferenceService:
     def __init__(self, engine: Engine, settings: Settings, served: dict[str, ServedModel]) -> None:
         self.engine, self.settings, self.served = engine, settings, served
         self.streams: set[StreamHandle] = set()  # open event streams, stopped on shutdown
+
+    def warm_up(self, preload: bool) -> None:
+        """What every first request needs, whatever its model: torch and transformers' model machinery (seconds of
+        imports). Then every model's tasks and classes, read from configs; then, with ``preload``, the weights."""
+        from transformers import GenerationMixin, PreTrainedModel  # noqa: F401
+
+        for model in self.served.values():
+            try:
+                model.tasks, model.classes = tasks_of(model.source)
+            except InferenceError as exc:
+                model.status, model.error = "error", str(exc)
+                log.warning("model %s is not available: %s", model.id, exc)
+        for model in self.served.values():
+            if preload and model.tasks:
+                try:
+                    self.ready(model, get_task(model.tasks[0]))  # no request reports this load
+                except InferenceError as exc:
+                    log.warning("model %s could not be loaded: %s", model.id, exc)
 
     # ------------------------------------------------------------------ decode
 
