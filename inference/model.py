@@ -1,7 +1,7 @@
 """``load_model`` and the ``Model`` handle it returns: one callable per model, whatever the backend.
 
 A call is: validate (``make_request``) → run on the backend (a ``Raw``) → ``Timings.from_raw`` → the task codec's
-result. The backend is chosen once, by the selection table of DESIGN.md (``select_backend``).
+result. The backend is chosen once, by the backend-selection table (``select_backend``).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def load_model(
         UnsupportedTask: unknown task. ModelLoadError: the model cannot be loaded locally.
         RemoteNotConfigured: backend="remote" without REMOTE_INFERENCE_ENABLED and an endpoint.
 
-    Backend selection (DESIGN.md): "local" runs here; "remote" needs remote inference enabled and an
+    Backend selection: "local" runs here; "remote" needs remote inference enabled and an
     endpoint; "auto" runs here when remote is off, else here if the model loads, else remotely, and
     records why on ``Model.backend_reason`` and every result.
 
@@ -77,7 +77,7 @@ def load_model(
 def select_backend(engine: Engine, settings: Settings, model_id: str, spec: TaskSpec, choice: BackendChoice, *,
                    device: str | None = None, dtype: str | None = None, use_remote: bool = False
                    ) -> tuple[Backend, str | None, float | None]:
-    """The backend-selection table of DESIGN.md: (backend, why it was chosen for "auto", load time if it loaded).
+    """The backend-selection table: (backend, why it was chosen for "auto", load time if it loaded).
 
     A local model is loaded here, so that a bad model id fails in ``load_model`` and not on the first call.
     """

@@ -110,6 +110,11 @@ class TaskSpec:
     #: The hub model the app and the server use when none is given.
     default_model: str
 
+    @property
+    def output(self) -> str:
+        """What the task answers: ``"text"`` or ``"detections"`` (its codec's name)."""
+        return self.codec.name
+
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec

@@ -29,7 +29,7 @@ class Raw:
 
     #: The task's output as its codec holds it: the text, or a ``supervision.Detections``.
     output: Any
-    #: The caller's wall time of the call on the backend, from its start (a model load it waited for included).
+    #: The caller's wall time of the call on the backend, from its start (a model load it did included).
     elapsed_ms: float
     #: The part of ``elapsed_ms`` spent loading the model: here, or on the server (its ``load`` timing).
     load_ms: float | None = None

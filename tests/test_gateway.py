@@ -55,3 +55,15 @@ def test_an_unknown_code_falls_back_to_its_status():
     assert code_of_answer(503, "something_new") == "busy"
     assert code_of_answer(404, "busy") == "model_not_found"  # a known code with the wrong status is not trusted
     assert code_of_answer(418, None) is None
+
+
+def test_a_blank_model_id_is_refused_by_the_gateway_not_forwarded():
+    with fault_server([]) as upstream:  # answers nothing: a request that reached it would fail differently
+        settings = Settings(remote_enabled=True, remote_token=TOKEN, remote_timeout=10,
+                            remote_endpoints=(f"http://127.0.0.1:{upstream.server_address[1]}/inference",))
+        with serve(create_app({}, settings=settings, preload=False)) as gateway:
+            spec = json.dumps({"model_id": "   ", "task": "text-generation", "payload": {"inputs": "hi"}})
+            response = httpx.post(f"{gateway}/inference", files={"spec": (None, spec, "application/json")},
+                                  data={"use_remote": "true"}, timeout=30)
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_input"
+    assert "model_id is empty" in response.json()["error"]["message"]

@@ -17,7 +17,7 @@ import requests
 from PIL import Image
 
 from conftest import TOKEN, serve, wait_loaded
-from inference import Settings
+from inference import Settings, load_model
 from inference.server import create_app, main
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -547,3 +547,26 @@ def test_sigterm_ends_the_server_within_seconds_with_streams_open(endless_tg, un
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_remote_stream_closed_before_it_is_read_frees_the_server(endless_tg, engine):
+    # The client's stream is open (headers in) but never read: closing it must close the connection, so the
+    # server stops generating and gives the model's place back, not at max_new_tokens.
+    app = create_app({"tg": endless_tg}, settings=Settings(server_tokens=(TOKEN,)), concurrency=1, queue_size=0)
+    with serve(app) as url:
+        wait_loaded(url, 1)
+        settings = Settings(remote_enabled=True, remote_endpoints=(f"{url}/inference",), remote_token=TOKEN)
+        remote = load_model("tg", task="text-generation", backend="remote", settings=settings, engine=engine)
+        kept = []  # held, so that the garbage collector cannot close what close() left open
+        for _ in range(3):
+            stream = remote.stream("a long story", max_new_tokens=1000, use_chat_template=False)
+            stream.close()
+            kept.append(stream)
+            deadline = time.monotonic() + 1  # generating all 1000 tokens takes longer
+            while time.monotonic() < deadline:
+                (model,) = httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {TOKEN}"}).json()["models"]
+                if model["in_flight"] == 0:
+                    break
+                time.sleep(0.05)
+            assert model["in_flight"] == 0
+        assert remote("hi", max_new_tokens=2).text is not None  # the one place is free: no 503

@@ -53,7 +53,7 @@ class StreamHandle(Iterator[str]):
 
     Args:
         pieces: the backend's text pieces.
-        started: ``time.perf_counter()`` when the call began (before any model load it waited for).
+        started: ``time.perf_counter()`` when the call began (a model load it did is in ``facts.load_ms``).
         cancel: stops the backend's generation (idempotent, from any thread).
         facts: what the backend knows of the call; read by ``raw`` once the pieces are exhausted.
     """
@@ -75,7 +75,15 @@ class StreamHandle(Iterator[str]):
         return piece
 
     def cancel(self) -> None:
+        """Stop the backend's generation (idempotent, from any thread)."""
         self._cancel()
+
+    def __del__(self) -> None:
+        # A stream nobody reads any more (its request was cancelled before the answer began) stops generating.
+        try:
+            self._cancel()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
     def raw(self, text: str) -> Raw:
         """The stream's ``Raw`` once its pieces are exhausted: ``text`` is what they added up to."""

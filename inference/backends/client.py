@@ -79,7 +79,7 @@ class _CallState:
     bytes_sent: int = 0
     endpoint: str = ""
     cancelled: bool = False  # a stream's reader stopped (set from any thread)
-
+    response: httpx.Response | None = None  # a stream's open answer
     connections: ConnectionLog = field(default_factory=ConnectionLog)
 
     def remaining(self) -> float:
@@ -90,9 +90,9 @@ class _CallState:
 class _Parts:
     """One call's multipart request: form files and fields, headers, and whether to stream the answer."""
 
-    files: dict[str, Any]
+    files: dict[str, Any] = field(repr=False)
     data: dict[str, str] | None
-    headers: dict[str, str]
+    headers: dict[str, str] = field(repr=False)  # the token
     stream: bool
 
 
@@ -105,8 +105,6 @@ class RemoteAnswer:
     attempts: int
     bytes_sent: int
     endpoint: str
-
-
 
 
 class RemoteClient:
@@ -177,6 +175,7 @@ class RemoteClient:
         with self.call_deadline() as deadline:
             state = _CallState(deadline=deadline)
             response, _ = self._call(self._parts(spec, image, use_remote, stream=True), state)
+        state.response = response
         answer = RemoteAnswer(None, response.headers, state.attempts, state.bytes_sent, state.endpoint)
         return self._events(response, state), answer, state
 

@@ -389,12 +389,12 @@ class LocalBackend:
         return StreamHandle(generation.start(facts), started=started, cancel=generation.cancel, facts=facts)
 
     def _load_from(self, started: float) -> tuple[LoadedModel, float | None, float]:
-        """``load()`` for a call that began at ``started``. NOTE: a call that waited for another call's load reports
-        no load; that wait is the other call's load_ms, so this call's clock starts once the model is there."""
+        """``load()`` for a call that began at ``started``, and when the call's clock starts: ``load_ms`` before the
+        model was there. NOTE: a call that waited for another call's load reports no load (that wait is the other
+        call's load_ms); the engine's clean-up after a load (evictions) is no part of either."""
         loaded, load_ms = self.load()
-        if load_ms is None:
-            started = time.perf_counter()
-        return loaded, load_ms, started
+        now = time.perf_counter()
+        return loaded, load_ms, now if load_ms is None else now - load_ms / 1000
 
     def _warnings(self, request: Request) -> tuple[str, ...]:
         if request.image_data is not None and self.spec.image == "none":

@@ -1,11 +1,12 @@
 """The studio protocol's backend: multipart ``spec`` (+ ``image``) to ``/inference``, JSON or server-sent events back.
 
-The protocol is in DESIGN.md; ``client.RemoteClient`` does the HTTP (deadline, retries, failover, error mapping)
+The protocol is in the README ("Remote inference"); ``client.RemoteClient`` does the HTTP (deadline, retries, failover, error mapping)
 and the task's codec reads the answer. Results look exactly like local ones.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Generator, Iterator
@@ -81,6 +82,8 @@ class StudioBackend:
 
         def cancel() -> None:
             state.cancelled = True
+            if inspect.getgeneratorstate(events) == inspect.GEN_CREATED and state.response is not None:
+                state.response.close()  # never read: closing the generator would not reach its clean-up
             try:
                 events.close()  # closes the connection now, so the server stops generating
             except ValueError:

@@ -1,6 +1,6 @@
 """The reference server's FastAPI app: routes, authentication, error handlers and the OpenAPI schema.
 
-``POST /inference`` implements the protocol of DESIGN.md through ``pipeline.InferenceService`` (decode → predict →
+``POST /inference`` implements the wire protocol (README, "Remote inference") through ``pipeline.InferenceService`` (decode → predict →
 encode); ``GET /health`` and ``GET /models`` report status. Models run in worker threads so the event loop (and
 ``/health``) stays responsive while they work. Each model's ``gate.Gate`` bounds what runs and waits.
 """
@@ -99,7 +99,7 @@ def create_app(
         service.close_streams()  # stop generating for clients we no longer serve
 
     # The schema and its pages tell anyone who asks what the server serves: not without the token.
-    docs = {} if not authorize.tokens else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    docs = {} if not authorize.enabled else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="Inference Studio reference server", version="1", lifespan=lifespan, **docs)
     app.add_middleware(RequestBodyMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(RequestLogMiddleware)
@@ -112,7 +112,7 @@ def create_app(
         """Liveness: answers at once, even while models work."""
         loaded = sum(1 for model in served.values() if model.status == "loaded")
         return {"status": "ok", "served": len(served), "loaded": loaded,
-                "auth": "bearer" if authorize.tokens else "none"}
+                "auth": "bearer" if authorize.enabled else "none"}
 
     @app.get("/models")
     async def list_models(request: Request) -> dict[str, Any]:

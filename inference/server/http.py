@@ -88,19 +88,24 @@ class BearerAuth:
     """``Authorization: Bearer <token>`` against the server's tokens (none set: every request is let in)."""
 
     def __init__(self, tokens: Iterable[SecretStr]) -> None:
-        self.tokens = [token.get_secret_value().encode() for token in tokens]
+        self._tokens = [token.get_secret_value().encode() for token in tokens]
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a token is needed."""
+        return bool(self._tokens)
 
     def __repr__(self) -> str:
-        return f"<BearerAuth tokens={len(self.tokens)}>"
+        return f"<BearerAuth tokens={len(self._tokens)}>"
 
     def __call__(self, request: Request) -> None:
         """Let the request in, or raise 401 ``unauthorized``."""
-        if not self.tokens:
+        if not self._tokens:
             return
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         offered = credentials.strip().encode()
         # compare_digest against every token, always: the time taken says nothing about which one matched.
-        matched = [hmac.compare_digest(offered, token) for token in self.tokens]
+        matched = [hmac.compare_digest(offered, token) for token in self._tokens]
         if scheme.lower() != "bearer" or not any(matched):
             raise ApiError("unauthorized", "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
                            headers={"WWW-Authenticate": 'Bearer realm="inference"'})

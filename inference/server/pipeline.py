@@ -219,7 +219,6 @@ class InferenceService:
             raise ApiError("invalid_input",
                            f"model {served.id!r} does {', '.join(served.tasks) or 'no supported task'}, not {task.name}")
 
-
     # ------------------------------------------------------------------ predict
 
     def ready(self, served: ServedModel, task: TaskSpec) -> float | None:
@@ -253,7 +252,10 @@ class InferenceService:
             raise ApiError("remote_not_configured",
                            "use_remote=true, but this server has no remote endpoint: set "
                            "REMOTE_INFERENCE_ENABLED=true and REMOTE_INFERENCE_ENDPOINT on the server")
-        return StudioBackend(self.engine.remote_client(self.settings), call.spec.model_id, task)
+        model_id = call.spec.model_id.strip()
+        if not model_id:
+            raise ApiError("invalid_input", "model_id is empty: name the model the upstream endpoint serves")
+        return StudioBackend(self.engine.remote_client(self.settings), model_id, task)
 
     def predict(self, call: Call) -> Prediction:
         """Run ``call`` (or start its stream), after waiting for its model. Runs in a worker thread.
@@ -314,10 +316,10 @@ class InferenceService:
         headers = {"X-Inference-Source": prediction.source, "Cache-Control": "no-cache",
                    "Server-Timing": _server_timing(queue=queue_ms, load=_loads(prediction.load_wait_ms,
                                                                                handle.facts.load_ms))}
-        warnings = self._warnings(call, handle.facts.warnings)
-        if warnings:
-            headers["X-Inference-Warning"] = header_value(warnings[0])
-        return EventStream(events(), close, headers)
+        response = EventStream(events(), close, headers)
+        for warning in self._warnings(call, handle.facts.warnings):
+            response.headers.append("X-Inference-Warning", header_value(warning))
+        return response
 
     @staticmethod
     def _warnings(call: Call, upstream: tuple[str, ...]) -> tuple[str, ...]:
