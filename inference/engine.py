@@ -21,7 +21,7 @@ from typing import Any
 from .backends import loading
 from .backends.loading import LoadedModel, resolve_device, resolve_dtype
 from .errors import InferenceError, ModelLoadError
-from .settings import Settings
+from .settings import DEFAULT_ENDPOINT, Settings
 from .tasks import TaskSpec
 
 __all__ = ["Engine", "get_engine"]
@@ -57,7 +57,7 @@ class Engine:
         self._loading: dict[CacheKey, Future] = {}
         self._http_client = http_client
         self._owns_http_client = http_client is None
-        self._remote_clients: dict[Settings, Any] = {}
+        self._remote_clients: dict[tuple[Settings, str], Any] = {}
 
     # ------------------------------------------------------------------ models
 
@@ -194,16 +194,22 @@ class Engine:
 
     # ------------------------------------------------------------------ remote
 
-    def remote_client(self, settings: Settings | None = None):
-        """The ``RemoteClient`` for ``settings`` (default: the engine's), sharing one pooled httpx client."""
+    def remote_client(self, settings: Settings | None = None, endpoint: str = DEFAULT_ENDPOINT):
+        """The ``RemoteClient`` of ``endpoint`` (a name; default: the ``REMOTE_INFERENCE_*`` one) in ``settings``
+        (default: the engine's). Every client shares one pooled httpx client.
+
+        Raises:
+            RemoteNotConfigured: no such endpoint; the message lists the configured ones.
+        """
         import httpx
 
         from .backends.client import RemoteClient
         from .backends.transport import DeadlineTransport
 
         settings = settings or self.settings
+        described = settings.endpoint(endpoint)
         with self._lock:
-            client = self._remote_clients.get(settings)
+            client = self._remote_clients.get((settings, endpoint))
             if client is None:
                 if self._http_client is None:
                     # keep-alive pool shared by every endpoint; HTTP/1.1 (h2 adds little for one request per call)
@@ -211,7 +217,7 @@ class Engine:
                         transport=DeadlineTransport(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16)),
                         headers={"User-Agent": "inference-studio"},
                     )
-                client = self._remote_clients[settings] = RemoteClient(settings, self._http_client)
+                client = self._remote_clients[(settings, endpoint)] = RemoteClient(described, settings, self._http_client)
             return client
 
     # ------------------------------------------------------------------ lifecycle

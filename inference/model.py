@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .engine import Engine, get_engine
 from .errors import InvalidInput, ModelLoadError, RemoteNotConfigured
 from .request import Request, make_request
-from .settings import Settings
+from .settings import DEFAULT_ENDPOINT, Settings
 from .tasks import TaskSpec, get_task
 from .types import ModelInfo, Raw, Result, TextStream, Timings
 
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Model", "load_model", "select_backend"]
 
-BackendChoice = Literal["auto", "local", "remote"]
-_BACKENDS = ("auto", "local", "remote")
+#: "auto", "local", "remote" (the REMOTE_INFERENCE_* endpoint) or the name of a configured endpoint.
+BackendChoice = Literal["auto", "local", "remote"] | str
 
 
 def load_model(
@@ -40,7 +40,8 @@ def load_model(
     Args:
         model_id: a Hugging Face model id (``"hustvl/yolos-tiny"``) or a local directory.
         task: ``"text-generation"``, ``"image-to-text"``, ``"image-text-to-text"`` or ``"object-detection"``.
-        backend: ``"local"``, ``"remote"`` or ``"auto"`` (local when remote inference is disabled).
+        backend: ``"local"``, ``"remote"``, ``"auto"`` (local when remote inference is disabled), or the name of an
+            endpoint configured in ``Settings.endpoints`` (``[endpoints.NAME]`` in secrets.toml).
         settings: configuration; default: the environment (see ``Settings``).
         engine: the engine whose model cache to use; default: the process-wide one.
         device, dtype: override ``settings.device`` / ``settings.dtype`` for a local model.
@@ -62,8 +63,8 @@ def load_model(
         >>> det("street.jpg", threshold=0.5).detections
     """
     spec = get_task(task)
-    if backend not in _BACKENDS:
-        raise InvalidInput(f"backend {backend!r} is not one of {', '.join(_BACKENDS)}")
+    if not isinstance(backend, str) or not backend:
+        raise InvalidInput(f"backend {backend!r} is not 'auto', 'local', 'remote' or the name of an endpoint")
     if not isinstance(model_id, str) or not model_id.strip():
         raise InvalidInput("model_id is empty: pass a Hugging Face model id such as 'hustvl/yolos-tiny' or a directory")
     engine = engine or get_engine()
@@ -81,12 +82,22 @@ def select_backend(engine: Engine, settings: Settings, model_id: str, spec: Task
 
     A local model is loaded here, so that a bad model id fails in ``load_model`` and not on the first call.
     """
+    from .backends import protocol_backend
     from .backends.local import LocalBackend
-    from .backends.studio import StudioBackend
 
-    def remote() -> StudioBackend:
-        return StudioBackend(engine.remote_client(settings), model_id, spec, use_remote=use_remote)
+    def remote(name: str = DEFAULT_ENDPOINT) -> Backend:
+        endpoint = settings.endpoint(name)
+        backend_class = protocol_backend(endpoint.protocol)
+        return backend_class(engine.remote_client(settings, name), endpoint.served_name(model_id), spec,
+                             use_remote=use_remote)
 
+    if choice not in ("auto", "local", DEFAULT_ENDPOINT):
+        names = [endpoint.name for endpoint in settings.endpoints]
+        if choice not in names:
+            raise InvalidInput(f"backend {choice!r} is not one of auto, local, remote or a configured endpoint "
+                               f"(configured: {', '.join(names) or 'none'}; add [endpoints.{choice}] to "
+                               ".streamlit/secrets.toml or INFERENCE_ENDPOINTS)")
+        return remote(choice), None, None  # a named endpoint: configuring it is the opt-in
     local = LocalBackend(engine, model_id, spec, device, dtype)
     if choice == "local":
         return local, None, local.load()[1]

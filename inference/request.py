@@ -20,6 +20,9 @@ class Request:
     prompt: str | None
     image_data: ImageData | None
     parameters: Any  # the task's pydantic parameters model
+    #: A whole conversation (``{"role", "content"}`` text messages, the last one the user's ``prompt``) for a chat
+    #: model's template; None: the prompt alone is the user's message.
+    messages: tuple[dict[str, str], ...] | None = None
 
     @property
     def image(self) -> Any:

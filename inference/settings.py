@@ -8,17 +8,23 @@ log line or error message shows them.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .errors import InvalidInput
+from .errors import InvalidInput, RemoteNotConfigured
 
-__all__ = ["Settings", "endpoint_host", "parse_bytes", "parse_flag"]
+__all__ = ["DEFAULT_ENDPOINT", "PROTOCOLS", "Endpoint", "Settings", "endpoint_host", "parse_bytes", "parse_flag"]
+
+#: What an endpoint speaks: the studio's multipart protocol, or the OpenAI-compatible API (vLLM, TGI, SGLang, ...).
+PROTOCOLS = ("studio", "openai")
+#: The name of the endpoint the ``REMOTE_INFERENCE_*`` variables describe (``backend="remote"``).
+DEFAULT_ENDPOINT = "remote"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -65,6 +71,116 @@ def _list(value: Any) -> Any:
                  for item in items if not isinstance(item, str) or item.strip())
 
 
+def _check_url(url: str, where: str) -> str:
+    url = url.strip()
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise ValueError(f"must not carry credentials in the URL: put the token in {where} instead")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{_redact_url(url)!r} is not an http(s) URL: use a full URL such as "
+                         "https://gpu-box:8000/inference (studio) or http://vllm-host:8000/v1 (openai)")
+    return url
+
+
+class Endpoint(BaseModel):
+    """One remote endpoint: where it is (one URL, or several for failover), what it speaks, its token, and the
+    names it serves our models under.
+
+    Example:
+        >>> Endpoint(name="vllm", url="http://vllm-host:8000/v1", protocol="openai",
+        ...          models={"HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2"})
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    name: str
+    urls: tuple[str, ...] = Field(min_length=1, validation_alias=AliasChoices("urls", "url"))
+    protocol: Literal["studio", "openai"] = "studio"
+    token: SecretStr | None = None
+    #: Our model id → the server's name for it (vLLM's ``--served-model-name``); others keep their id.
+    models: tuple[tuple[str, str], ...] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+            raise ValueError("use up to 64 letters, digits, '-', '_' or '.' (it appears in share links)")
+        return name
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        return _list(value)
+
+    @field_validator("urls")
+    @classmethod
+    def _valid_urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_url(url, "the endpoint's token") for url in urls)
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _blank_token(cls, value: Any) -> Any:
+        return (value.strip() or None) if isinstance(value, str) else value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_names(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return tuple((str(ours), str(theirs)) for ours, theirs in value.items())
+        return value
+
+    def served_name(self, model_id: str) -> str:
+        """The name the endpoint serves ``model_id`` under."""
+        return dict(self.models).get(model_id, model_id)
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """What may be shown of the endpoint: host:port of each URL (never a path, query or token)."""
+        return tuple(endpoint_host(url) for url in self.urls)
+
+    @property
+    def url_setting(self) -> str:
+        """Where a user sets the URL, for error messages."""
+        return "REMOTE_INFERENCE_ENDPOINT" if self.name == DEFAULT_ENDPOINT else f"endpoints.{self.name}.url"
+
+    @property
+    def token_setting(self) -> str:
+        """Where a user sets the token, for error messages."""
+        return "REMOTE_INFERENCE_TOKEN" if self.name == DEFAULT_ENDPOINT else f"endpoints.{self.name}.token"
+
+
+def _endpoints(value: Any) -> Any:
+    """``INFERENCE_ENDPOINTS`` (JSON) or ``[endpoints.NAME]`` tables (a mapping) to a tuple of ``Endpoint``."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError('is not JSON: write {"NAME": {"url": "...", "protocol": "openai", "token": "..."}}') \
+                from None
+    if isinstance(value, Mapping):
+        value = [{"name": name, **fields} if isinstance(fields, Mapping) else fields for name, fields in value.items()]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("must be a table per endpoint: [endpoints.NAME] with url, protocol, token and models")
+    endpoints = []
+    for fields in value:
+        if isinstance(fields, Endpoint):
+            endpoints.append(fields)
+            continue
+        if not isinstance(fields, Mapping):
+            raise ValueError("must be a table per endpoint: [endpoints.NAME] with url, protocol, token and models")
+        name = str(fields.get("name", "?"))[:40]
+        try:
+            endpoints.append(Endpoint(**fields))
+        except ValidationError as exc:  # named by endpoint and field; a token's value never shown
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc'] if not isinstance(part, int)) or 'endpoint'}: "
+                f"{error['msg'].removeprefix('Value error, ')}" for error in exc.errors())
+            raise ValueError(f"endpoint {name!r}: {problems}") from None
+    return tuple(endpoints)
+
+
 def _env(name: str, variable: str) -> Any:
     """A field read from ``variable`` (the environment, a secrets mapping) or given by its ``name``."""
     return AliasChoices(name, variable)
@@ -103,6 +219,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", validation_alias=_env("device", "INFERENCE_DEVICE"))
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", validation_alias=_env("dtype", "INFERENCE_DTYPE"))
+    #: Named endpoints besides the default one: ``[endpoints.NAME]`` tables in secrets.toml, or JSON in the variable.
+    endpoints: Annotated[tuple[Endpoint, ...], NoDecode] = Field(
+        (), validation_alias=_env("endpoints", "INFERENCE_ENDPOINTS"))
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -125,15 +244,22 @@ class Settings(BaseSettings):
     @field_validator("remote_endpoints")
     @classmethod
     def _urls(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
-        endpoints = tuple(endpoint.strip() for endpoint in endpoints)
-        for endpoint in endpoints:
-            parts = urlsplit(endpoint)
-            if parts.username or parts.password:
-                raise ValueError("must not carry credentials in the URL: put the token in REMOTE_INFERENCE_TOKEN "
-                                 "instead")
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"{_redact_url(endpoint)!r} is not an http(s) URL: use the full URL of the "
-                                 "/inference endpoint, e.g. https://gpu-box:8000/inference")
+        return tuple(_check_url(endpoint, "REMOTE_INFERENCE_TOKEN") for endpoint in endpoints)
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _endpoint_tables(cls, value: Any) -> Any:
+        return _endpoints(value)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique_names(cls, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+        names = [endpoint.name for endpoint in endpoints]
+        if DEFAULT_ENDPOINT in names:
+            raise ValueError(f"names an endpoint {DEFAULT_ENDPOINT!r}, which is the REMOTE_INFERENCE_* one: pick "
+                             "another name")
+        if len(set(names)) != len(names):
+            raise ValueError("names an endpoint twice")
         return endpoints
 
     @field_validator("remote_token", mode="before")
@@ -165,7 +291,7 @@ class Settings(BaseSettings):
             mapping: e.g. ``st.secrets``; a key present there wins over the environment. Other keys are ignored.
             overrides: field values that win over both.
         """
-        values = {key: value for key, value in (mapping or {}).items() if key in _VARIABLES}
+        values = {key: value for key, value in (mapping or {}).items() if key in _VARIABLES or key == "endpoints"}
         return cls(**values, **overrides)
 
     @classmethod
@@ -184,11 +310,40 @@ class Settings(BaseSettings):
         """True when the remote backend is enabled and has an endpoint."""
         return self.remote_enabled and bool(self.remote_endpoints)
 
+    @property
+    def default_endpoint(self) -> Endpoint | None:
+        """The endpoint of the ``REMOTE_INFERENCE_*`` variables (the studio protocol), when they name a URL."""
+        if not self.remote_endpoints:
+            return None
+        return Endpoint(name=DEFAULT_ENDPOINT, urls=self.remote_endpoints, protocol="studio", token=self.remote_token)
+
+    def all_endpoints(self) -> tuple[Endpoint, ...]:
+        """The endpoints a user may pick: the default one (when remote inference is configured), then the named ones."""
+        default = self.default_endpoint if self.remote_configured else None
+        return ((default,) if default else ()) + self.endpoints
+
+    def endpoint(self, name: str) -> Endpoint:
+        """The endpoint called ``name`` (``"remote"``: the ``REMOTE_INFERENCE_*`` one).
+
+        Raises:
+            RemoteNotConfigured: no such endpoint; the message says what to set, or lists the configured ones.
+        """
+        if name == DEFAULT_ENDPOINT:
+            if self.default_endpoint is None:
+                raise RemoteNotConfigured("no remote endpoint configured: set REMOTE_INFERENCE_ENDPOINT")
+            return self.default_endpoint
+        for endpoint in self.endpoints:
+            if endpoint.name == name:
+                return endpoint
+        known = ", ".join(endpoint.name for endpoint in self.all_endpoints()) or "none"
+        raise RemoteNotConfigured(f"no endpoint named {name!r} is configured (configured: {known}): add an "
+                                  f"[endpoints.{name}] table to .streamlit/secrets.toml or INFERENCE_ENDPOINTS")
+
 
 #: Field → the variable that sets it (the key in the environment and in st.secrets).
 _VARIABLES = {field.validation_alias.choices[1]: name for name, field in Settings.model_fields.items()}
 _FIELD_VARIABLES = {name: variable for variable, name in _VARIABLES.items()}
-_SECRETS = {"remote_token", "server_tokens"}
+_SECRETS = {"remote_token", "server_tokens", "endpoints"}
 
 
 def _explain(exc: ValidationError) -> str:

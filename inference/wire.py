@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from typing_extensions import TypedDict
 
 from .errors import (
@@ -177,6 +177,16 @@ class TextOutput(_Tolerant):
 class ErrorDetail(_Tolerant):
     code: str = "error"
     message: str = ""
+
+    @field_validator("code", mode="before")
+    @classmethod
+    def _any_code(cls, value: Any) -> Any:
+        return value if isinstance(value, str) else "error"  # OpenAI sends null, vLLM a number
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def _any_message(cls, value: Any) -> Any:
+        return value if isinstance(value, str) else ""
 
 
 class ErrorBody(_Tolerant):

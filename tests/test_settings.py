@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from inference import InvalidInput, Settings
+from inference import InvalidInput, Settings, load_model
 from inference.settings import parse_bytes
 
 TOKEN = "sk-test-7f3a9c1e5d"
@@ -119,3 +121,49 @@ def test_defaults_read_nothing_and_replace_validates(monkeypatch):
     with pytest.raises(InvalidInput):
         Settings().replace(remote_timeout=0)
     assert hash(changed) == hash(Settings(remote_enabled=True, remote_endpoints="http://127.0.0.1:9/inference"))
+
+
+# --------------------------------------------------------------------------- named endpoints
+
+
+def test_named_endpoints_come_from_secrets_tables_or_json_and_hide_their_tokens(monkeypatch):
+    tables = {"endpoints": {"vllm": {"url": "http://vllm-host:8000/v1", "protocol": "openai", "token": TOKEN,
+                                     "models": {"HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2"}},
+                            "gpu-box": {"url": "https://a:8000/inference, https://b:8000/inference"}}}
+    settings = Settings.from_mapping(tables)
+    vllm, box = settings.endpoints
+    assert (vllm.name, vllm.protocol, vllm.hosts) == ("vllm", "openai", ("vllm-host:8000",))
+    assert vllm.served_name("HuggingFaceTB/SmolLM2-135M-Instruct") == "smollm2" and vllm.served_name("x") == "x"
+    assert box.protocol == "studio" and box.hosts == ("a:8000", "b:8000")
+    assert TOKEN not in repr(settings) and TOKEN not in str(settings.model_dump())
+    monkeypatch.setenv("INFERENCE_ENDPOINTS", '{"vllm": {"url": "http://vllm-host:8000/v1", "protocol": "openai"}}')
+    assert Settings().endpoint("vllm").urls == ("http://vllm-host:8000/v1",)
+
+
+def test_the_remote_variables_are_the_default_endpoint():
+    settings = Settings(remote_enabled=True, remote_endpoints=("http://a:8000/inference",), remote_token=TOKEN)
+    (default,) = settings.all_endpoints()
+    assert (default.name, default.protocol, default.token_setting) == ("remote", "studio", "REMOTE_INFERENCE_TOKEN")
+    assert settings.endpoint("remote") == default
+
+
+@pytest.mark.parametrize(("tables", "says"), [
+    ({"bad name": {"url": "http://x/v1"}}, "endpoint 'bad name': name: use up to 64 letters"),
+    ({"x": {"url": "ftp://x"}}, "endpoint 'x': url: 'ftp://x' is not an http(s) URL"),
+    ({"x": {"url": "http://user:pw@x/v1"}}, "must not carry credentials"),
+    ({"x": {"url": "http://x/v1", "protocol": "grpc"}}, "protocol: Input should be 'studio' or 'openai'"),
+    ({"x": {"url": "http://x/v1", "tokn": TOKEN}}, "tokn: Extra inputs are not permitted"),
+    ({"x": {"protocol": "openai"}}, "endpoint 'x': url"),
+    ({"remote": {"url": "http://x/v1"}}, "which is the REMOTE_INFERENCE_* one"),
+    ("{not json", "is not JSON"),
+])
+def test_a_bad_endpoint_says_which_and_what_to_fix(tables, says):
+    with pytest.raises(InvalidInput, match=re.escape(says)) as refused:
+        Settings(endpoints=tables)
+    assert TOKEN not in str(refused.value)
+
+
+def test_an_unknown_endpoint_name_lists_the_configured_ones():
+    settings = Settings(endpoints={"vllm": {"url": "http://x/v1", "protocol": "openai"}})
+    with pytest.raises(InvalidInput, match=r"backend 'vlm' is not one of .*configured: vllm"):
+        load_model("m", task="text-generation", backend="vlm", settings=settings)

@@ -25,7 +25,7 @@ import httpx
 import stamina
 
 from ..errors import BadResponse, InferenceError, InferenceTimeout, InvalidInput, RemoteUnavailable
-from ..settings import Settings, endpoint_host
+from ..settings import Endpoint, Settings, endpoint_host
 from ..wire import ERRORS, Spec, code_of_answer, dumps, parse_error
 from .transport import BoundedStream, ConnectionLog, current_deadline, deadline_scope
 
@@ -80,6 +80,7 @@ class _CallState:
     endpoint: str = ""
     cancelled: bool = False  # a stream's reader stopped (set from any thread)
     response: httpx.Response | None = None  # a stream's open answer
+    done: bool = False  # the event stream said ``[DONE]`` (the OpenAI protocol's end)
     connections: ConnectionLog = field(default_factory=ConnectionLog)
 
     def remaining(self) -> float:
@@ -88,12 +89,15 @@ class _CallState:
 
 @dataclass
 class _Parts:
-    """One call's multipart request: form files and fields, headers, and whether to stream the answer."""
+    """One call's request: where (``path`` below each endpoint URL; None: the URL itself), a multipart form or a
+    JSON body, headers, and whether to stream the answer. The same for every attempt and endpoint."""
 
-    files: dict[str, Any] = field(repr=False)
-    data: dict[str, str] | None
-    headers: dict[str, str] = field(repr=False)  # the token
-    stream: bool
+    files: dict[str, Any] | None = field(default=None, repr=False)
+    data: dict[str, str] | None = None
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # the token
+    stream: bool = False
+    path: str | None = None
+    json: Any = field(default=None, repr=False)
 
 
 @dataclass
@@ -105,34 +109,39 @@ class RemoteAnswer:
     attempts: int
     bytes_sent: int
     endpoint: str
+    #: The call's state: a stream's reader cancels it (``state.cancelled``) and may close ``state.response``.
+    state: _CallState | None = field(default=None, repr=False)
 
 
 class RemoteClient:
-    """Calls the remote endpoint(s) of one ``Settings``.
+    """Calls one remote endpoint (its URLs in failover order), whatever protocol its backend speaks.
 
     Args:
-        settings: endpoints, token and deadline.
+        endpoint: the URLs, the token and the names a user sets them by (for error messages).
+        settings: the deadline (``remote_timeout``) and the bound on what is read (``max_response_bytes``).
         http_client: the pooled client to use (injectable: tests pass a ``MockTransport``). Build it on
             ``DeadlineTransport`` for exact deadlines; any other transport gets the time left as httpx
             timeouts, which restart with every read (a slow-drip body could outlast the deadline).
         max_attempts: attempts per call, retries included.
     """
 
-    def __init__(self, settings: Settings, http_client: httpx.Client, *, max_attempts: int = 3) -> None:
-        if not settings.remote_endpoints:
-            raise InvalidInput("no remote endpoint configured: set REMOTE_INFERENCE_ENDPOINT")
+    def __init__(self, endpoint: Endpoint, settings: Settings, http_client: httpx.Client, *,
+                 max_attempts: int = 3) -> None:
+        if not endpoint.urls:
+            raise InvalidInput(f"endpoint {endpoint.name!r} has no URL: set {endpoint.url_setting}")
+        self.endpoint = endpoint
         self.settings = settings
-        self.endpoints = settings.remote_endpoints
-        self._hosts = tuple(endpoint_host(url) for url in self.endpoints)  # what errors and logs name
+        self.endpoints = endpoint.urls
+        self._hosts = endpoint.hosts  # what errors and logs name
         self.max_attempts = max_attempts
         self._http = http_client
-        self._preferred = 0  # the endpoint that answered last; failover starts there
-        self._token = settings.remote_token.get_secret_value() if settings.remote_token else None
+        self._preferred = 0  # the URL that answered last; failover starts there
+        self._token = endpoint.token.get_secret_value() if endpoint.token else None
         self._models: tuple[float, list[dict[str, Any]] | None] = (0.0, None)
 
     def __repr__(self) -> str:
         hosts = ", ".join(self._hosts)
-        return f"<RemoteClient {hosts} token={'set' if self._token else 'unset'}>"
+        return f"<RemoteClient {self.endpoint.name} {hosts} token={'set' if self._token else 'unset'}>"
 
     # ------------------------------------------------------------------ public calls
 
@@ -178,6 +187,34 @@ class RemoteClient:
         state.response = response
         answer = RemoteAnswer(None, response.headers, state.attempts, state.bytes_sent, state.endpoint)
         return self._events(response, state), answer, state
+
+    def post_json(self, path: str, body: Any, *, stream: bool = False) -> RemoteAnswer:
+        """POST ``body`` as JSON to ``path`` below the endpoint URL; the parsed answer, or with ``stream`` its events
+        (``answer.data`` is then the generator of parsed ``data:`` payloads, ``[DONE]`` ending it).
+
+        Raises:
+            the ``InferenceError`` the failure means, as ``infer`` does.
+        """
+        headers = {"Accept": "text/event-stream" if stream else "application/json", **self._auth()}
+        if stream:
+            headers["Accept-Encoding"] = "identity"
+        parts = _Parts(json=body, headers=headers, stream=stream, path=path)
+        with self.call_deadline() as deadline:
+            state = _CallState(deadline=deadline)
+            response, body_bytes = self._call(parts, state)
+        if stream:
+            state.response = response
+            return RemoteAnswer(self._events(response, state), response.headers, state.attempts, state.bytes_sent,
+                                state.endpoint, state)
+        try:
+            data = json.loads(body_bytes) if body_bytes else None
+        except ValueError:
+            raise self._bad_response(response, body_bytes, "the body is not JSON") from None
+        return RemoteAnswer(data, response.headers, state.attempts, state.bytes_sent, state.endpoint, state)
+
+    def get_json(self, path: str) -> Any:
+        """``GET path`` below the endpoint URL (no retries, ``STATUS_TIMEOUT``): a status or a model list."""
+        return self._get(path)
 
     def models(self, max_age: float = MODELS_MAX_AGE) -> list[dict[str, Any]]:
         """``GET /models`` of the first endpoint that answers (no retries, short timeout).
@@ -251,6 +288,15 @@ class RemoteClient:
                         state.attempts + 1, self.max_attempts)
         return wait
 
+    def _url(self, url: str, path: str | None) -> str:
+        """Where ``path`` is for one endpoint URL. The studio URL names the ``/inference`` route, so its other routes
+        are siblings; an OpenAI or Hugging Face URL is a base the routes are below."""
+        if path is None:
+            return url
+        if self.endpoint.protocol == "studio":
+            return str(httpx.URL(url).join(path))
+        return f"{url.rstrip('/')}/{path.lstrip('/')}"
+
     def _failover_order(self, start: int | None = None) -> Iterator[tuple[int, str]]:
         """(index, url) of every endpoint, from ``start`` (default: the one that answered last) round the list."""
         first = self._preferred if start is None else start
@@ -283,7 +329,8 @@ class RemoteClient:
             remaining = max(0.001, state.remaining())
             # The deadline transport ends every read and write at the deadline; these bound any other transport.
             request = self._http.build_request(
-                "POST", url, files=parts.files, data=parts.data, headers=parts.headers,
+                "POST", self._url(url, parts.path), files=parts.files, data=parts.data, json=parts.json,
+                headers=parts.headers,
                 timeout=httpx.Timeout(connect=min(CONNECT_TIMEOUT, remaining), read=remaining, write=remaining,
                                       pool=remaining),
             )
@@ -357,7 +404,7 @@ class RemoteClient:
             where = ""
         return BadResponse(
             f"the remote endpoint {host} redirected the request{where} ({response.status_code}): redirects are not "
-            "followed, on purpose (the token must not travel on). Set REMOTE_INFERENCE_ENDPOINT to the URL that answers"
+            f"followed, on purpose (the token must not travel on). Set {self.endpoint.url_setting} to the URL that answers"
         )
 
     def _events(self, response: httpx.Response, state: _CallState) -> Generator[dict[str, Any], None, None]:
@@ -373,6 +420,9 @@ class RemoteClient:
                     return
                 if not event.data:
                     continue
+                if event.data.strip() == "[DONE]":
+                    state.done = True
+                    return
                 try:
                     value = event.json()
                 except ValueError:
@@ -398,7 +448,7 @@ class RemoteClient:
             state = _CallState(deadline=deadline, endpoint=self._hosts[index])
             try:
                 with deadline_scope(deadline), self.map_errors(state):
-                    request = self._http.build_request("GET", httpx.URL(url).join(path), headers=headers,
+                    request = self._http.build_request("GET", self._url(url, path), headers=headers,
                                                        timeout=STATUS_TIMEOUT)
                     response = self._http.send(request, stream=True)
                     body = self._read(response, cut=response.status_code >= 300)
@@ -441,7 +491,7 @@ class RemoteClient:
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
             return RemoteUnavailable(
                 f"cannot reach the remote endpoint {host}{tried} ({type(exc).__name__}): check that the server runs "
-                "and that REMOTE_INFERENCE_ENDPOINT is right"
+                f"and that {self.endpoint.url_setting} is right"
             )
         if isinstance(exc, httpx.TimeoutException):
             return InferenceTimeout(
@@ -476,14 +526,21 @@ class RemoteClient:
         template = _MESSAGES.get(code) or _MESSAGES[kind.__name__]
         retry_after = _retry_after(response)
         wait = f"; retry after {retry_after:g} s" if retry_after is not None and ERRORS[code].retry else ""
-        return kind(template.format(host=host, status=status, said=said) + wait, code=code, retry_after=retry_after)
+        message = template.format(host=host, status=status, said=said, token=self.endpoint.token_setting,
+                                  hint=self._protocol_hint())
+        return kind(message + wait, code=code, retry_after=retry_after)
+
+    def _protocol_hint(self) -> str:
+        what = {"studio": "the /inference URL of a server that speaks the studio protocol",
+                "openai": "the /v1 base URL of an OpenAI-compatible server",
+                "hf": "the base URL of a Hugging Face endpoint (TGI or Inference Endpoints)"}
+        return f"Is {self.endpoint.url_setting} {what.get(self.endpoint.protocol, 'right')}?"
 
     def _bad_response(self, response: httpx.Response, body: bytes, why: str) -> BadResponse:
         host = endpoint_host(str(response.request.url))
         return BadResponse(
             f"the remote endpoint {host} sent a bad answer ({response.status_code}): {why}; "
-            f"it began {self._scrub(_excerpt(body))!r}. Is REMOTE_INFERENCE_ENDPOINT the /inference URL of a "
-            "server that speaks this protocol?"
+            f"it began {self._scrub(_excerpt(body))!r}. {self._protocol_hint()}"
         )
 
     def _scrub(self, text: str) -> str:
@@ -497,23 +554,26 @@ _MESSAGES = {
                          "later request",
     "remote_not_configured": "the remote endpoint {host} was asked to forward the request but has no endpoint of its "
                              "own ({status}){said}",
-    "AuthenticationError": "the remote endpoint {host} refused the token ({status}){said}. Check REMOTE_INFERENCE_TOKEN",
+    "AuthenticationError": "the remote endpoint {host} refused the token ({status}){said}. Check {token}",
     "RateLimited": "the remote endpoint {host} is busy ({status}){said}",
     "InferenceTimeout": "the remote endpoint {host} timed out ({status}){said}",
     "InvalidInput": "the remote endpoint {host} refused the request ({status}){said}",
     "UnsupportedTask": "the remote endpoint {host} refused the request ({status}){said}",
     "RemoteUnavailable": "the remote endpoint {host} failed ({status}){said}",
-    "BadResponse": "the remote endpoint {host} has no such route ({status}){said}: is REMOTE_INFERENCE_ENDPOINT the "
-                   "/inference URL of a server that speaks this protocol?",
+    "BadResponse": "the remote endpoint {host} has no such route ({status}){said}. {hint}",
 }
 
 
 def _error_detail(body: bytes):
-    """The protocol's error detail in ``body``, or None."""
+    """The error detail in ``body``: the studio's and OpenAI's ``{"error": {...}}``, or vLLM's flat
+    ``{"object": "error", "message": ...}``; None for anything else."""
     try:
-        return parse_error(json.loads(body))
+        data = json.loads(body)
     except (ValueError, RecursionError):
         return None
+    if isinstance(data, dict) and "error" not in data and isinstance(data.get("message"), str):
+        data = {"error": {"message": data["message"]}}  # a code here would be an HTTP status: the status says it
+    return parse_error(data)
 
 
 def _body_code(body: bytes) -> str | None:

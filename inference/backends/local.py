@@ -279,10 +279,9 @@ class CausalLMRunner(_GenerationRunner):
                 raise InvalidInput(
                     f"model {loaded.source!r} has no chat template: set use_chat_template to false"
                 )
-            inputs = tokenizer.apply_chat_template(
-                [{"role": "user", "content": request.prompt}], add_generation_prompt=True, return_tensors="pt",
-                return_dict=True,
-            )
+            conversation = list(request.messages or ({"role": "user", "content": request.prompt},))
+            inputs = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt",
+                                                   return_dict=True)
         else:
             inputs = tokenizer(request.prompt, return_tensors="pt")
         prompt_tokens = int(inputs["input_ids"].shape[1])

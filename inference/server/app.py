@@ -7,9 +7,10 @@ encode); ``GET /health`` and ``GET /models`` report status. Models run in worker
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -22,8 +23,9 @@ from ..settings import Settings
 from ..tasks import TASKS
 from ..wire import Spec
 from .gate import Gate
-from .http import BearerAuth, RequestBodyMiddleware, RequestLogMiddleware, install_error_handlers
-from .pipeline import InferenceService, ServedModel
+from .http import ApiError, BearerAuth, RequestBodyMiddleware, RequestLogMiddleware, install_error_handlers
+from .openai_api import OpenAIService
+from .pipeline import Call, InferenceService, ServedModel
 
 __all__ = ["INFERENCE_BODY", "MAX_BODY_BYTES", "create_app", "default_models"]
 
@@ -90,6 +92,7 @@ def create_app(
     # Forwarded (use_remote) requests share one gate, wider than a model's: they wait on the network, not a CPU.
     gateway = Gate("gateway", 16, queue_size)
     service = InferenceService(engine, settings, served)
+    openai = OpenAIService(service)
     authorize = BearerAuth(settings.server_tokens)
 
     @asynccontextmanager
@@ -120,11 +123,8 @@ def create_app(
         authorize(request)
         return {"models": [model.describe(engine) for model in served.values()]}
 
-    @app.post("/inference", openapi_extra={"requestBody": INFERENCE_BODY})
-    async def inference(request: Request):
-        """The wire protocol: multipart ``spec`` (+ ``image``), answered as JSON or server-sent events."""
-        authorize(request)
-        call = await service.decode_request(request)
+    async def answer(call: Call, encode: Callable[..., Any]) -> Any:
+        """predict ``call`` at its model's gate, then ``encode`` the prediction (which frees the place)."""
         gate = gateway if call.use_remote else call.served.gate
         admission = gate.admit()
         try:
@@ -133,7 +133,35 @@ def create_app(
         except BaseException:
             gate.release(admission)
             raise
-        return service.encode_response(call, prediction, queue_ms, partial(gate.release, admission))
+        return encode(call, prediction, queue_ms, partial(gate.release, admission))
+
+    @app.post("/inference", openapi_extra={"requestBody": INFERENCE_BODY})
+    async def inference(request: Request):
+        """The wire protocol: multipart ``spec`` (+ ``image``), answered as JSON or server-sent events."""
+        authorize(request)
+        return await answer(await service.decode_request(request), service.encode_response)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        """OpenAI's chat completions: messages through the model's chat template; an image_url part (data URI)."""
+        authorize(request)
+        call, chat = await openai.decode_chat(await _json_body(request))
+        request.state.model_id = call.spec.model_id
+        return await answer(call, partial(openai.encode, chat=True, sampling=chat))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        """OpenAI's completions: the prompt as it is, no chat template."""
+        authorize(request)
+        call, completion = await openai.decode_completion(await _json_body(request))
+        request.state.model_id = call.spec.model_id
+        return await answer(call, partial(openai.encode, chat=False, sampling=completion))
+
+    @app.get("/v1/models")
+    async def openai_models(request: Request) -> dict[str, Any]:
+        """The served models, in OpenAI's list shape."""
+        authorize(request)
+        return openai.models()
 
     return app
 
@@ -149,3 +177,16 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schemas.update(spec_schema.pop("$defs", {}), Spec=spec_schema)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+async def _json_body(request: Request) -> Any:
+    """The request's JSON body (bounded in size and time by ``RequestBodyMiddleware``)."""
+    if "json" not in request.headers.get("content-type", ""):
+        raise ApiError("malformed_request", "send the request as JSON (Content-Type: application/json)")
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ApiError("malformed_request", "the JSON body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError("malformed_request", "the body is not valid JSON") from None

@@ -157,7 +157,7 @@ class InferenceService:
         served = None
         warning = None
         if not use_remote:
-            served = self._served(spec.model_id)
+            served = self.served_model(spec.model_id)
             if task.image == "none" and image_bytes is not None:
                 # A text request may carry an image (the protocol's own example does): a model that takes
                 # images answers about it; a text-only one runs the text and says the image was not used.
@@ -166,7 +166,7 @@ class InferenceService:
                     spec = spec.model_copy(update={"task": task.name})
                 else:
                     warning = ignored_image(spec.model_id, task.name)
-            self._check_task(served, task)
+            self.check_task(served, task)
         inputs: Any = image_bytes if task.image == "required" else spec.payload.inputs
         prompt = spec.payload.inputs if task.image == "required" else None
         extra_image = image_bytes if task.image == "none" else None
@@ -206,7 +206,7 @@ class InferenceService:
             )
             raise ApiError("invalid_spec", f"the spec is not valid: {problems}") from None
 
-    def _served(self, model_id: str) -> ServedModel:
+    def served_model(self, model_id: str) -> ServedModel:
         served = self.served.get(model_id)
         if served is None:
             raise ApiError("model_not_found",
@@ -214,7 +214,7 @@ class InferenceService:
         return served
 
     @staticmethod
-    def _check_task(served: ServedModel, task: TaskSpec) -> None:
+    def check_task(served: ServedModel, task: TaskSpec) -> None:
         if served.tasks is not None and task.name not in served.tasks:
             raise ApiError("invalid_input",
                            f"model {served.id!r} does {', '.join(served.tasks) or 'no supported task'}, not {task.name}")
