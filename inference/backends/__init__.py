@@ -2,6 +2,8 @@
 
 - ``local``: transformers + torch in this process (``loading`` loads the models, the engine caches them).
 - ``studio``: the studio's multipart protocol (our reference server), over ``client`` and ``transport``.
+- ``openai``: the OpenAI-compatible API (vLLM, TGI, SGLang, Ollama, llama.cpp's server, our server's ``/v1``).
+- ``hf``: Hugging Face's TGI and Inference Endpoints (one deployed model per URL).
 
 Modules are imported where they are used: ``import inference`` loads neither torch nor httpx's machinery.
 """
@@ -17,4 +19,8 @@ def protocol_backend(protocol: str) -> type:
         from .openai import OpenAIBackend
 
         return OpenAIBackend
+    if protocol == "hf":
+        from .hf import HFBackend
+
+        return HFBackend
     raise ValueError(f"no backend speaks {protocol!r}")

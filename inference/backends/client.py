@@ -98,6 +98,7 @@ class _Parts:
     stream: bool = False
     path: str | None = None
     json: Any = field(default=None, repr=False)
+    content: bytes | None = field(default=None, repr=False)  # a raw body (an image), its type in ``headers``
 
 
 @dataclass
@@ -188,9 +189,11 @@ class RemoteClient:
         answer = RemoteAnswer(None, response.headers, state.attempts, state.bytes_sent, state.endpoint)
         return self._events(response, state), answer, state
 
-    def post_json(self, path: str, body: Any, *, stream: bool = False) -> RemoteAnswer:
-        """POST ``body`` as JSON to ``path`` below the endpoint URL; the parsed answer, or with ``stream`` its events
-        (``answer.data`` is then the generator of parsed ``data:`` payloads, ``[DONE]`` ending it).
+    def post_json(self, path: str | None, body: Any, *, stream: bool = False,
+                  content_type: str | None = None) -> RemoteAnswer:
+        """POST ``body`` to ``path`` below the endpoint URL (None: the URL itself): JSON, or with ``content_type`` raw
+        bytes (an image). The parsed answer, or with ``stream`` its events (``answer.data`` is then the generator of
+        parsed ``data:`` payloads, ``[DONE]`` ending it).
 
         Raises:
             the ``InferenceError`` the failure means, as ``infer`` does.
@@ -198,7 +201,10 @@ class RemoteClient:
         headers = {"Accept": "text/event-stream" if stream else "application/json", **self._auth()}
         if stream:
             headers["Accept-Encoding"] = "identity"
-        parts = _Parts(json=body, headers=headers, stream=stream, path=path)
+        if content_type is not None:
+            parts = _Parts(content=body, headers={**headers, "Content-Type": content_type}, stream=stream, path=path)
+        else:
+            parts = _Parts(json=body, headers=headers, stream=stream, path=path)
         with self.call_deadline() as deadline:
             state = _CallState(deadline=deadline)
             response, body_bytes = self._call(parts, state)
@@ -330,7 +336,7 @@ class RemoteClient:
             # The deadline transport ends every read and write at the deadline; these bound any other transport.
             request = self._http.build_request(
                 "POST", self._url(url, parts.path), files=parts.files, data=parts.data, json=parts.json,
-                headers=parts.headers,
+                content=parts.content, headers=parts.headers,
                 timeout=httpx.Timeout(connect=min(CONNECT_TIMEOUT, remaining), read=remaining, write=remaining,
                                       pool=remaining),
             )

@@ -24,6 +24,7 @@ from ..tasks import TASKS
 from ..wire import Spec
 from .gate import Gate
 from .http import ApiError, BearerAuth, RequestBodyMiddleware, RequestLogMiddleware, install_error_handlers
+from .hf_api import HFService
 from .openai_api import OpenAIService
 from .pipeline import Call, InferenceService, ServedModel
 
@@ -93,6 +94,7 @@ def create_app(
     gateway = Gate("gateway", 16, queue_size)
     service = InferenceService(engine, settings, served)
     openai = OpenAIService(service)
+    hf = HFService(service)
     authorize = BearerAuth(settings.server_tokens)
 
     @asynccontextmanager
@@ -156,6 +158,38 @@ def create_app(
         call, completion = await openai.decode_completion(await _json_body(request))
         request.state.model_id = call.spec.model_id
         return await answer(call, partial(openai.encode, chat=False, sampling=completion))
+
+    @app.post("/generate")
+    async def tgi_generate(request: Request):
+        """TGI's generate: ``{"inputs", "parameters"}`` on the first served text-generation model."""
+        authorize(request)
+        call, tgi = await hf.decode_text(hf.tgi_model(), await _json_body(request), stream=False)
+        request.state.model_id = call.spec.model_id
+        return await answer(call, partial(hf.encode, tgi=tgi, listed=False))
+
+    @app.post("/generate_stream")
+    async def tgi_generate_stream(request: Request):
+        """TGI's token events for the same body."""
+        authorize(request)
+        call, tgi = await hf.decode_text(hf.tgi_model(), await _json_body(request), stream=True)
+        request.state.model_id = call.spec.model_id
+        return await answer(call, partial(hf.encode, tgi=tgi, listed=False))
+
+    @app.post("/")
+    async def tgi_root(request: Request):
+        """TGI's ``/``: generate, or token events when the body says ``"stream": true``."""
+        authorize(request)
+        call, tgi = await hf.decode_text(hf.tgi_model(), await _json_body(request))
+        request.state.model_id = call.spec.model_id
+        return await answer(call, partial(hf.encode, tgi=tgi, listed=True))
+
+    @app.post("/models/{model_id:path}")
+    async def task_api(model_id: str, request: Request):
+        """The Inference Endpoints task API: the image bytes, or ``{"inputs", "parameters"}``, for any served model."""
+        authorize(request)
+        request.state.model_id = model_id
+        call, tgi = await hf.decode_task(model_id, request.headers.get("content-type", ""), await request.body())
+        return await answer(call, partial(hf.encode, tgi=tgi, listed=True))
 
     @app.get("/v1/models")
     async def openai_models(request: Request) -> dict[str, Any]:

@@ -160,7 +160,7 @@ class OpenAIService:
         """The OpenAI answer: one JSON object, or ``chat.completion.chunk`` events and ``[DONE]``."""
         identity = _Identity(chat=chat, model=sampling.model)
         outcome = prediction.outcome
-        headers = {"X-Inference-Source": prediction.source}
+        headers = {"X-Inference-Source": prediction.source, "Server-Timing": prediction.server_timing(queue_ms)}
         if isinstance(outcome, StreamHandle):
             return self._stream(identity, outcome, sampling.include_usage, release, headers)
         release()

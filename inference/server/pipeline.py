@@ -98,6 +98,15 @@ class Prediction:
     #: How long this request waited for its model to load (its own load or another's), once.
     load_wait_ms: float | None = None
 
+    def server_timing(self, queue_ms: float) -> str:
+        """The answer's ``Server-Timing``: ``inference`` (not known yet for a stream), ``queue`` and ``load`` (this
+        server's wait and, in gateway mode, the upstream's own load)."""
+        outcome = self.outcome
+        facts = outcome.facts if isinstance(outcome, StreamHandle) else outcome
+        loads = [wait for wait in (self.load_wait_ms, facts.load_ms) if wait is not None]
+        inference = None if isinstance(outcome, StreamHandle) else Timings.from_raw(outcome).total_ms
+        return _server_timing(inference=inference, queue=queue_ms, load=sum(loads) if loads else None)
+
 
 class InferenceService:
     """decode_request → predict → encode_response, on the engine's models (or the gateway's upstream)."""
@@ -282,8 +291,7 @@ class InferenceService:
         codec = call.request.spec.codec
         response = ProtocolJSON(codec.to_wire(outcome.output, outcome.details), headers={
             "X-Inference-Source": prediction.source,
-            "Server-Timing": _server_timing(inference=Timings.from_raw(outcome).total_ms, queue=queue_ms,
-                                            load=_loads(prediction.load_wait_ms, outcome.load_ms)),
+            "Server-Timing": prediction.server_timing(queue_ms),
         })
         for warning in self._warnings(call, outcome.warnings):
             response.headers.append("X-Inference-Warning", header_value(warning))
@@ -314,8 +322,7 @@ class InferenceService:
                 close()
 
         headers = {"X-Inference-Source": prediction.source, "Cache-Control": "no-cache",
-                   "Server-Timing": _server_timing(queue=queue_ms, load=_loads(prediction.load_wait_ms,
-                                                                               handle.facts.load_ms))}
+                   "Server-Timing": prediction.server_timing(queue_ms)}
         response = EventStream(events(), close, headers)
         for warning in self._warnings(call, handle.facts.warnings):
             response.headers.append("X-Inference-Warning", header_value(warning))
@@ -333,12 +340,6 @@ class InferenceService:
         """Stop generating for every open stream (the server is stopping)."""
         for handle in list(self.streams):
             handle.cancel()
-
-
-def _loads(*waits: float | None) -> float | None:
-    """Time spent getting a model ready: this server's wait and, in gateway mode, the upstream's own load."""
-    known = [wait for wait in waits if wait is not None]
-    return sum(known) if known else None
 
 
 def _server_timing(**durations: float | None) -> str:
