@@ -87,9 +87,9 @@ def select_backend(engine: Engine, settings: Settings, model_id: str, spec: Task
 
     def remote(name: str = DEFAULT_ENDPOINT) -> Backend:
         endpoint = settings.endpoint(name)
-        backend_class = protocol_backend(endpoint.protocol)
-        return backend_class(engine.remote_client(settings, name), endpoint.served_name(model_id), spec,
-                             use_remote=use_remote)
+        client = engine.remote_client(settings, name)
+        backend_class = protocol_backend(client.probe())  # "auto": asked once per process, then remembered
+        return backend_class(client, endpoint.served_name(model_id), spec, use_remote=use_remote)
 
     if choice not in ("auto", "local", DEFAULT_ENDPOINT):
         names = [endpoint.name for endpoint in settings.endpoints]
@@ -97,7 +97,11 @@ def select_backend(engine: Engine, settings: Settings, model_id: str, spec: Task
             raise InvalidInput(f"backend {choice!r} is not one of auto, local, remote or a configured endpoint "
                                f"(configured: {', '.join(names) or 'none'}; add [endpoints.{choice}] to "
                                ".streamlit/secrets.toml or INFERENCE_ENDPOINTS)")
-        return remote(choice), None, None  # a named endpoint: configuring it is the opt-in
+        chosen = remote(choice)  # a named endpoint: configuring it is the opt-in
+        if settings.endpoint(choice).protocol == "auto":
+            protocol = engine.remote_client(settings, choice).protocol
+            return chosen, f"endpoint {choice!r} speaks the {protocol} protocol (found by probing)", None
+        return chosen, None, None
     local = LocalBackend(engine, model_id, spec, device, dtype)
     if choice == "local":
         return local, None, local.load()[1]

@@ -21,9 +21,10 @@ from .errors import InvalidInput, RemoteNotConfigured
 
 __all__ = ["DEFAULT_ENDPOINT", "PROTOCOLS", "Endpoint", "Settings", "endpoint_host", "parse_bytes", "parse_flag"]
 
-#: What an endpoint speaks: the studio's multipart protocol, the OpenAI-compatible API (vLLM, TGI, SGLang, ...), or
-#: Hugging Face's (TGI's generate routes and the Inference Endpoints task API, one model per URL).
-PROTOCOLS = ("studio", "openai", "hf")
+#: What an endpoint speaks: the studio's multipart protocol, the OpenAI-compatible API (vLLM, TGI, SGLang, ...),
+#: Hugging Face's (TGI's generate routes and the Inference Endpoints task API, one model per URL), or ``auto``
+#: (probed on first use, remembered, and said: ``Model.backend_reason``).
+PROTOCOLS = ("studio", "openai", "hf", "auto")
 #: The name of the endpoint the ``REMOTE_INFERENCE_*`` variables describe (``backend="remote"``).
 DEFAULT_ENDPOINT = "remote"
 
@@ -96,7 +97,7 @@ class Endpoint(BaseModel):
 
     name: str
     urls: tuple[str, ...] = Field(min_length=1, validation_alias=AliasChoices("urls", "url"))
-    protocol: Literal["studio", "openai", "hf"] = "studio"
+    protocol: Literal["studio", "openai", "hf", "auto"] = "studio"
     token: SecretStr | None = None
     #: Our model id → the server's name for it (vLLM's ``--served-model-name``); others keep their id.
     models: tuple[tuple[str, str], ...] = ()

@@ -118,3 +118,27 @@ def test_our_hf_backend_equals_the_local_model(base_url, local, photo, session_e
     assert cap(photo).text == local["image-to-text"](photo).text
     with pytest.raises(InvalidInput, match="takes no prompt"):
         cap(photo, prompt="a photo of")
+
+
+# --------------------------------------------------------------------------- protocol = "auto"
+
+
+def test_auto_finds_each_protocol_once_and_says_which(base_url, local, session_engine):
+    settings = Settings(endpoints={
+        "a-studio": {"url": f"{base_url}/inference", "protocol": "auto", "token": TOKEN,
+                     "models": {"tiny-llm": "tg"}},
+        "a-openai": {"url": f"{base_url}/v1", "protocol": "auto", "token": TOKEN, "models": {"tiny-llm": "tg"}},
+        "a-tgi": {"url": base_url, "protocol": "auto", "token": TOKEN},
+        "a-none": {"url": f"{base_url}/nothing/here", "protocol": "auto", "token": TOKEN},
+    })
+    expected = local["text-generation"](PROMPT, max_new_tokens=4, use_chat_template=False).text
+    for name, protocol in (("a-studio", "studio"), ("a-openai", "openai"), ("a-tgi", "hf")):
+        model = load_model("tiny-llm", task="text-generation", backend=name, settings=settings, engine=session_engine)
+        assert model.backend_reason == f"endpoint {name!r} speaks the {protocol} protocol (found by probing)"
+        assert model(PROMPT, max_new_tokens=4, use_chat_template=False).text == expected
+        assert session_engine.remote_client(settings, name).protocol == protocol  # remembered
+    from inference import BadResponse
+
+    with pytest.raises(BadResponse, match="set its protocol") as refused:
+        load_model("tiny-llm", task="text-generation", backend="a-none", settings=settings, engine=session_engine)
+    assert TOKEN not in str(refused.value)

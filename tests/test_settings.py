@@ -151,7 +151,7 @@ def test_the_remote_variables_are_the_default_endpoint():
     ({"bad name": {"url": "http://x/v1"}}, "endpoint 'bad name': name: use up to 64 letters"),
     ({"x": {"url": "ftp://x"}}, "endpoint 'x': url: 'ftp://x' is not an http(s) URL"),
     ({"x": {"url": "http://user:pw@x/v1"}}, "must not carry credentials"),
-    ({"x": {"url": "http://x/v1", "protocol": "grpc"}}, "protocol: Input should be 'studio', 'openai' or 'hf'"),
+    ({"x": {"url": "http://x/v1", "protocol": "grpc"}}, "protocol: Input should be 'studio', 'openai', 'hf' or 'auto'"),
     ({"x": {"url": "http://x/v1", "tokn": TOKEN}}, "tokn: Extra inputs are not permitted"),
     ({"x": {"protocol": "openai"}}, "endpoint 'x': url"),
     ({"remote": {"url": "http://x/v1"}}, "which is the REMOTE_INFERENCE_* one"),

@@ -138,6 +138,8 @@ class RemoteClient:
         self._http = http_client
         self._preferred = 0  # the URL that answered last; failover starts there
         self._token = endpoint.token.get_secret_value() if endpoint.token else None
+        #: What the endpoint speaks: as configured, or what ``probe`` found for ``auto``.
+        self.protocol: str = endpoint.protocol
         self._models: tuple[float, list[dict[str, Any]] | None] = (0.0, None)
 
     def __repr__(self) -> str:
@@ -222,6 +224,34 @@ class RemoteClient:
         """``GET path`` below the endpoint URL (no retries, ``STATUS_TIMEOUT``): a status or a model list."""
         return self._get(path)
 
+    def probe(self) -> str:
+        """What an ``auto`` endpoint speaks, asked once and remembered: ``openai`` when ``{url}/models`` lists models
+        OpenAI's way, ``hf`` when TGI's ``{url}/info`` names a model, ``studio`` when the ``/inference`` URL's sibling
+        ``health`` answers ours.
+
+        Raises:
+            BadResponse: none of them answered; the message says to set the protocol.
+        """
+        if self.protocol != "auto":
+            return self.protocol
+        checks = (
+            ("openai", "models", "base", lambda data: isinstance(data, dict) and isinstance(data.get("data"), list)),
+            ("hf", "info", "base", lambda data: isinstance(data, dict) and "model_id" in data),
+            ("studio", "health", "sibling", lambda data: isinstance(data, dict) and "served" in data),
+        )
+        for protocol, path, style, fits in checks:
+            try:
+                data = self._get(path, style=style)
+            except InferenceError:
+                continue
+            if fits(data):
+                log.info("endpoint %s speaks the %s protocol (found by probing)", self.endpoint.name, protocol)
+                self.protocol = protocol
+                return protocol
+        raise BadResponse(f"endpoint {self.endpoint.name!r} ({', '.join(self._hosts)}) answers none of the protocols "
+                          f"this client speaks as expected: set its protocol (studio, openai or hf) in "
+                          f"{self.endpoint.url_setting.rsplit('.', 1)[0]}.protocol, and check the URL")
+
     def models(self, max_age: float = MODELS_MAX_AGE) -> list[dict[str, Any]]:
         """``GET /models`` of the first endpoint that answers (no retries, short timeout).
 
@@ -299,7 +329,7 @@ class RemoteClient:
         are siblings; an OpenAI or Hugging Face URL is a base the routes are below."""
         if path is None:
             return url
-        if self.endpoint.protocol == "studio":
+        if self.protocol == "studio":
             return str(httpx.URL(url).join(path))
         return f"{url.rstrip('/')}/{path.lstrip('/')}"
 
@@ -444,8 +474,11 @@ class RemoteClient:
             state.cancelled = True
             response.close()
 
-    def _get(self, path: str) -> Any:
-        """``GET path`` of the first endpoint that answers; within ``STATUS_TIMEOUT`` and the running call's deadline."""
+    def _get(self, path: str, *, style: str | None = None) -> Any:
+        """``GET path`` of the first endpoint that answers; within ``STATUS_TIMEOUT`` and the running call's deadline.
+
+        ``style``: ``"sibling"`` or ``"base"`` to place ``path`` so, whatever the protocol (``probe``).
+        """
         headers = {"Accept": "application/json", **self._auth()}
         failure: InferenceError | None = None
         call_deadline = current_deadline() or math.inf
@@ -454,8 +487,9 @@ class RemoteClient:
             state = _CallState(deadline=deadline, endpoint=self._hosts[index])
             try:
                 with deadline_scope(deadline), self.map_errors(state):
-                    request = self._http.build_request("GET", self._url(url, path), headers=headers,
-                                                       timeout=STATUS_TIMEOUT)
+                    target = self._url(url, path) if style is None else \
+                        str(httpx.URL(url).join(path)) if style == "sibling" else f"{url.rstrip('/')}/{path}"
+                    request = self._http.build_request("GET", target, headers=headers, timeout=STATUS_TIMEOUT)
                     response = self._http.send(request, stream=True)
                     body = self._read(response, cut=response.status_code >= 300)
                 if 300 <= response.status_code < 400:
@@ -540,7 +574,7 @@ class RemoteClient:
         what = {"studio": "the /inference URL of a server that speaks the studio protocol",
                 "openai": "the /v1 base URL of an OpenAI-compatible server",
                 "hf": "the base URL of a Hugging Face endpoint (TGI or Inference Endpoints)"}
-        return f"Is {self.endpoint.url_setting} {what.get(self.endpoint.protocol, 'right')}?"
+        return f"Is {self.endpoint.url_setting} {what.get(self.protocol, 'right')}?"
 
     def _bad_response(self, response: httpx.Response, body: bytes, why: str) -> BadResponse:
         host = endpoint_host(str(response.request.url))

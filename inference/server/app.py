@@ -183,6 +183,12 @@ def create_app(
         request.state.model_id = call.spec.model_id
         return await answer(call, partial(hf.encode, tgi=tgi, listed=True))
 
+    @app.get("/info")
+    async def tgi_info(request: Request) -> dict[str, Any]:
+        """TGI's info: the model its routes run."""
+        authorize(request)
+        return hf.info()
+
     @app.post("/models/{model_id:path}")
     async def task_api(model_id: str, request: Request):
         """The Inference Endpoints task API: the image bytes, or ``{"inputs", "parameters"}``, for any served model."""

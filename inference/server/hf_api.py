@@ -143,6 +143,15 @@ class HFService:
                                           max_pixels=self.service.settings.max_image_pixels, formats=WIRE_FORMATS)
         return _call(served, task.name, request, False), None
 
+    def info(self) -> dict[str, Any]:
+        """TGI's ``GET /info`` for the model its routes run."""
+        served = self.tgi_model()
+        facts = served.describe(self.service.engine)
+        return {"model_id": served.id, "model_sha": None, "model_pipeline_tag": "text-generation",
+                "model_dtype": facts["dtype"], "model_device_type": facts["device"],
+                "max_concurrent_requests": served.gate.concurrency + served.gate.queue_size,
+                "router": "inference-studio", "version": "1"}
+
     # ------------------------------------------------------------------ encode
 
     def encode(self, call: Call, prediction: Prediction, queue_ms: float, release: Callable[[], None], *,
