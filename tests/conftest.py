@@ -18,6 +18,9 @@ for _variable in list(os.environ):
     # Tests describe their own configuration; a developer's shell must not leak into them.
     if _variable.startswith(("REMOTE_INFERENCE_", "INFERENCE_")) and _variable != "INFERENCE_DEMO_MODELS_DIR":
         del os.environ[_variable]
+# The app's offline text default is the real SmolLM2 (inference.bundled); the app tests run on the instant demo
+# models, and the tests of the bundled model say so.
+os.environ["INFERENCE_OFFLINE_MODELS"] = "demo"
 
 import numpy as np
 import pytest

