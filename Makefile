@@ -6,7 +6,7 @@ PORT ?= 8501
 # Empty: the default demo directory, whose models load by their short names (demo/<task>).
 DEMO_MODELS ?=
 
-.PHONY: run test install dev demo-models bench screenshots server clean
+.PHONY: run test test-interop install dev demo-models bench screenshots server clean
 
 $(VENV)/.installed: requirements.txt requirements-bundled.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,18 @@ run: install
 
 test: dev
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# vLLM's CPU build in its own venv (3.5 GB, kept between runs: it pins its own torch and transformers).
+VLLM_VENV ?= $(HOME)/.cache/inference-studio/vllm-venv
+$(VLLM_VENV)/.installed: requirements-vllm.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet -r requirements-vllm.txt
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
+
+# Our clients against independent servers (vLLM's OpenAI server on CPU, on 127.0.0.1).
+test-interop: dev $(VLLM_VENV)/.installed
+	HF_HUB_OFFLINE=1 INFERENCE_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(PY) -m pytest tests/interop
 
 demo-models: install
 	HF_HUB_OFFLINE=1 $(PY) -m inference.demo_models $(DEMO_MODELS)
