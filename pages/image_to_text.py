@@ -43,7 +43,7 @@ with right:
     runner.forget_stale(P, runner.inputs_key(task, model_id, mode, args, kwargs))
     go, again, share_slot = runner.buttons(P, mode, "Describe" if not prompt else "Ask")
     with share_slot:
-        ui.share_box({"mode": sidebar.mode_param(), "model": model_id, "prompt": prompt or "",
+        ui.share_box({**sidebar.share_params(), "model": model_id, "prompt": prompt or "",
                       "max_new_tokens": params["max_new_tokens"], "sample": picked.sample})
     streamed = False
     if (go or again) and not picked.data:

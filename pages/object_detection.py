@@ -32,7 +32,7 @@ with left:
     runner.forget_stale(P, runner.inputs_key(TASK, model_id, mode, (picked.data,), params))
     go, again, share_slot = runner.buttons(P, mode, "Detect")
     with share_slot:
-        ui.share_box({"mode": sidebar.mode_param(), "model": model_id, "threshold": params["threshold"],
+        ui.share_box({**sidebar.share_params(), "model": model_id, "threshold": params["threshold"],
                       "sample": picked.sample})
     if (go or again) and not picked.data:
         ui.need_image(picked)

@@ -47,7 +47,7 @@ if st.session_state[f"{P}_temperature"] > 0:
 runner.forget_stale(P, runner.inputs_key(TASK, model_id, mode, (prompt,), params))
 generate, repeat, share_slot = runner.buttons(P, mode, "Generate")
 with share_slot:
-    ui.share_box({"mode": sidebar.mode_param(), "model": model_id, "prompt": prompt, **{
+    ui.share_box({**sidebar.share_params(), "model": model_id, "prompt": prompt, **{
         name: st.session_state[item.key] for name, item in SHARED.items() if name not in ("model", "prompt")}})
 
 streamed = False

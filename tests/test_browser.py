@@ -32,12 +32,12 @@ if not CHROMIUM.exists():
 
 
 @contextlib.contextmanager
-def fresh_server():
-    """``streamlit run streamlit_app.py`` on a free loopback port, a new process: yields its URL."""
+def fresh_server(env: dict[str, str] | None = None):
+    """``streamlit run streamlit_app.py`` on a free loopback port, a new process (with ``env`` added): yields its URL."""
     sock = _loopback_socket()
     port = sock.getsockname()[1]
     sock.close()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],

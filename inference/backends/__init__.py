@@ -24,3 +24,14 @@ def protocol_backend(protocol: str) -> type:
 
         return HFBackend
     raise ValueError(f"no backend speaks {protocol!r}")
+
+
+def endpoint_status(client) -> tuple[bool, str, list[dict]]:
+    """(reachable, what it says, served models) of a client's endpoint, asked the way its protocol asks."""
+    from ..errors import InferenceError
+
+    try:
+        message, models = protocol_backend(client.probe()).status(client)
+    except InferenceError as exc:
+        return False, str(exc), []
+    return True, message, models

@@ -220,8 +220,9 @@ class RemoteClient:
             raise self._bad_response(response, body_bytes, "the body is not JSON") from None
         return RemoteAnswer(data, response.headers, state.attempts, state.bytes_sent, state.endpoint, state)
 
-    def get_json(self, path: str) -> Any:
-        """``GET path`` below the endpoint URL (no retries, ``STATUS_TIMEOUT``): a status or a model list."""
+    def get_json(self, path: str | None) -> Any:
+        """``GET path`` below the endpoint URL (None: the URL itself; no retries, ``STATUS_TIMEOUT``): a status or a
+        model list."""
         return self._get(path)
 
     def probe(self) -> str:
@@ -474,7 +475,7 @@ class RemoteClient:
             state.cancelled = True
             response.close()
 
-    def _get(self, path: str, *, style: str | None = None) -> Any:
+    def _get(self, path: str | None, *, style: str | None = None) -> Any:
         """``GET path`` of the first endpoint that answers; within ``STATUS_TIMEOUT`` and the running call's deadline.
 
         ``style``: ``"sibling"`` or ``"base"`` to place ``path`` so, whatever the protocol (``probe``).

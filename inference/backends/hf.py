@@ -17,7 +17,7 @@ import time
 from collections.abc import Generator, Iterator
 from typing import Any
 
-from ..errors import BadResponse, InvalidInput, UnsupportedTask
+from ..errors import BadResponse, InferenceError, InvalidInput, UnsupportedTask
 from ..request import Request
 from ..tasks import TaskSpec, ignored_image
 from ..types import Raw
@@ -113,6 +113,27 @@ class HFBackend:
 
     def close(self) -> None:
         """Nothing to let go of: the connections are the engine's pool."""
+
+    @staticmethod
+    def status(client: RemoteClient) -> tuple[str, list[dict[str, Any]]]:
+        """(what the endpoint says, its model): TGI's ``GET /info``, else ``GET /health``, else ``GET`` of the URL
+        itself (an Inference Endpoint's, or our server's task-API URL, which describes its model).
+
+        Raises:
+            InferenceError: the endpoint cannot be reached, or answers none of them.
+        """
+        failure: InferenceError | None = None
+        for path in ("info", "health", None):
+            try:
+                data = client.get_json(path)
+            except InferenceError as exc:
+                failure = failure or exc
+                continue
+            model = data.get("model_id") or data.get("id") if isinstance(data, dict) else None
+            task = (data.get("model_pipeline_tag") or data.get("task")) if isinstance(data, dict) else None
+            return "reachable", [{"id": model, "task": task, "status": data.get("status", "served")}] if model else []
+        assert failure is not None
+        raise failure
 
 
 def _tgi_parameters(params: dict[str, Any]) -> dict[str, Any]:

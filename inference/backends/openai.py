@@ -132,6 +132,20 @@ class OpenAIBackend:
     def close(self) -> None:
         """Nothing to let go of: the connections are the engine's pool."""
 
+    @staticmethod
+    def status(client: RemoteClient) -> tuple[str, list[dict[str, Any]]]:
+        """(what the endpoint says, its models): ``GET /models``, OpenAI's list.
+
+        Raises:
+            InferenceError: the endpoint cannot be reached or does not answer as it should.
+        """
+        data = client.get_json("models")
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise BadResponse(f"GET /models of {', '.join(client.endpoint.hosts)} is not OpenAI's model list")
+        return "reachable", [{"id": item.get("id"), "task": "text-generation", "status": "served"}
+                             for item in items if isinstance(item, dict)]
+
 
 def chat_body(request: Request, max_edge: int | None) -> list[dict[str, Any]]:
     """The request as OpenAI chat messages; an image goes as an ``image_url`` part with a data URI."""

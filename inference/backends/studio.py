@@ -112,6 +112,19 @@ class StudioBackend:
     def close(self) -> None:
         """Nothing to let go of: the connections are the engine's pool."""
 
+    @staticmethod
+    def status(client: RemoteClient) -> tuple[str, list[dict[str, Any]]]:
+        """(what the endpoint says, its served models): ``GET /health`` and ``GET /models``.
+
+        Raises:
+            InferenceError: the endpoint cannot be reached or does not answer as it should.
+        """
+        client.health()
+        try:
+            return "reachable", client.models(max_age=0)
+        except InferenceError as exc:
+            return f"reachable; model list unavailable ({exc})", []
+
 
 def _pieces(events: Generator[dict[str, Any], None, None], answer: RemoteAnswer, facts: StreamFacts) -> Iterator[str]:
     final: dict[str, Any] = {}

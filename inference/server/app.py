@@ -189,6 +189,12 @@ def create_app(
         authorize(request)
         return hf.info()
 
+    @app.get("/models/{model_id:path}")
+    async def describe_model(model_id: str, request: Request) -> dict[str, Any]:
+        """One served model, as ``GET /models`` lists it (the task API's URL answers what it serves)."""
+        authorize(request)
+        return service.served_model(model_id).describe(engine)
+
     @app.post("/models/{model_id:path}")
     async def task_api(model_id: str, request: Request):
         """The Inference Endpoints task API: the image bytes, or ``{"inputs", "parameters"}``, for any served model."""

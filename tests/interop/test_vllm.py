@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SERVED_NAME, VLLM_TOKEN
+from .conftest import SERVED_NAME, VLLM_TOKEN
 from inference import AuthenticationError, InvalidInput, ModelLoadError, Settings, load_model
 from inference.bundled import BUNDLED_SMOLLM2
 from inference.compare import run_both, text_parity
