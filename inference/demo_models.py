@@ -185,10 +185,12 @@ def build_demo_models(directory: str | Path, tasks: tuple[str, ...] = DEMO_TASKS
 
     An existing, complete model directory is kept unless ``force``. Returns task → directory.
     """
+    directory = Path(directory).expanduser()
+    if not force and all(_built_version(directory / task) == _VERSION for task in tasks):
+        return {task: directory / task for task in tasks}  # nothing to build: torch and transformers stay unimported
     import torch
     from transformers.utils import logging as hf_logging
 
-    directory = Path(directory).expanduser()
     directory.mkdir(parents=True, exist_ok=True)
     built: dict[str, Path] = {}
     tokenizer = None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from . import sidebar
+from . import sidebar, state
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,6 +55,7 @@ def start(page: PageInfo) -> str:
     """
     title = HOME.title if page is HOME else f"{page.title} · {HOME.title}"
     st.set_page_config(page_title=title, page_icon=page.icon, layout="wide")
+    state.model_libraries()  # torch and transformers start importing in their own thread, once per app process
     sidebar.restore_mode()
     navigation()
     return sidebar.render()

@@ -161,7 +161,7 @@ def _kept_widget(widget, title: str, options, key: str, default, **kwargs) -> No
 def render_status() -> None:
     """The remote and local status, drawn after the page ran: they show what the run just did."""
     with st.sidebar:
-        _remote_section(active=st.session_state.get(MODE_KEY) in ("Remote", "Compare"))
+        _remote_section(active="remote" in targets(st.session_state.get(MODE_KEY, "Local")))
         _endpoints_section()
         _local_section()
 

@@ -28,7 +28,11 @@ def test_compare_local_against_vllm_in_the_browser(vllm_url, bundled_dir):
                                                  args=test_browser.CHROMIUM_ARGS)
             page = test_browser._open(browser, f"{url}/text_generation?{query}")
             page.get_by_role("button", name="Generate").wait_for(timeout=120_000)
-            test_browser._run(page, "Generate", "Local and vllm answers are identical.", timeout=240_000)
+            try:
+                test_browser._run(page, "Generate", "Local and vllm answers are identical.", timeout=120_000)
+            except Exception:
+                test_browser._shot(page, "compare-vllm-failed")  # what the page showed instead
+                raise
             body = page.inner_text("body")
             assert "Paris" in body and VLLM_TOKEN not in body
             assert "vllm · openai · 127.0.0.1:" in body  # the sidebar: name, protocol, host
