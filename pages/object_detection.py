@@ -19,7 +19,7 @@ ui.setup_page(P, SHARED, {
 })
 
 st.title("Object detection")
-st.caption(f"Backend: **{mode}**. Boxes are drawn with supervision; Compare matches local and remote boxes by IoU.")
+st.caption(f"Backend: **{mode}**. Boxes are drawn with supervision; Compare matches every column's boxes with the reference's by IoU.")
 
 left, right = st.columns([2, 3], gap="large")
 with left:

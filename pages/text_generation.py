@@ -23,7 +23,7 @@ ui.setup_page(P, SHARED, {
 })
 
 st.title("Text generation")
-st.caption(f"Backend: **{mode}**. Answers stream in as they are generated; Compare runs local and remote at once.")
+st.caption(f"Backend: **{mode}**. Answers stream in as they are generated; Compare runs its columns at once.")
 
 left, right = st.columns([3, 2], gap="large")
 with left:
