@@ -47,6 +47,7 @@ demo-models: install
 bench: dev
 	HF_HUB_OFFLINE=1 $(PY) bench/local_overhead.py
 	HF_HUB_OFFLINE=1 $(PY) bench/remote_overhead.py
+	HF_HUB_OFFLINE=1 $(PY) bench/endpoints.py
 
 # The README's screenshots, taken by the browser test.
 screenshots: dev
