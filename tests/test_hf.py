@@ -69,6 +69,17 @@ def test_object_detection_and_captions_on_the_task_api_equal_the_local_model(bas
     assert caption.generated_text == local["image-to-text"](photo).text
 
 
+def test_chat_completion_through_inference_client(base_url, online, demo_dir, session_engine):
+    local = load_model(demo_dir["text-generation"], task="text-generation", backend="local", engine=session_engine)
+    expected = local("Say something", max_new_tokens=6).text
+    client = InferenceClient(model=base_url, token=TOKEN)  # the server's URL: InferenceClient adds /v1/chat/completions
+    answer = client.chat_completion([{"role": "user", "content": "Say something"}], max_tokens=6, temperature=0)
+    assert answer.choices[0].message.content == expected
+    streamed = client.chat_completion([{"role": "user", "content": "Say something"}], max_tokens=6, temperature=0,
+                                      stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices) == expected
+
+
 @pytest.mark.parametrize(("route", "body", "status", "says"), [
     ("/generate", {"inputs": "hi", "parameters": {"stop": ["\n"]}}, 422, "does not support stop"),
     ("/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 0}}, 422, "max_new_tokens"),

@@ -199,3 +199,15 @@ def test_what_other_servers_send_is_a_typed_error_naming_the_endpoint(answer, er
             else:
                 model("hi", max_new_tokens=4)
     assert f"127.0.0.1:{server.server_address[1]}" in str(raised.value) and TOKEN not in str(raised.value)
+
+
+def test_an_answer_without_usage_is_still_a_result(session_engine):
+    from test_remote_faults import fault_server
+
+    body = b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris"}, "finish_reason": "stop"}]}'
+    with fault_server([(200, {"Content-Type": "application/json"}, body)]) as server:
+        model = load_model("m", task="text-generation", backend="oai", settings=_fault_settings(server),
+                           engine=session_engine)
+        result = model("hi", max_new_tokens=4)
+    assert result.text == "Paris" and result.details["finish_reason"] == "stop"
+    assert "generated_tokens" not in result.details and result.timings.tokens is None  # not guessed

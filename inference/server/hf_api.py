@@ -101,11 +101,7 @@ class HFService:
 
     def tgi_model(self) -> ServedModel:
         """The model TGI's routes run: the first served text-generation model."""
-        for served in self.service.served.values():
-            if served.tasks and "text-generation" in served.tasks:
-                return served
-        raise ApiError("model_not_found", "this server serves no text-generation model for TGI's routes: use "
-                                          "/models/{model_id} or /v1/chat/completions")
+        return self.service.text_model()
 
     async def decode_text(self, served: ServedModel, body: Any, *, stream: bool | None = None) -> tuple[Call, TGIRequest]:
         tgi = _validate(TGIRequest, body)

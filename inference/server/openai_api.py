@@ -33,6 +33,8 @@ __all__ = ["ChatRequest", "CompletionRequest", "OpenAIService"]
 
 #: Most messages one chat request may hold.
 MAX_MESSAGES = 256
+#: The model names TGI's clients send when the URL names the model: huggingface_hub's InferenceClient sends "dummy".
+TGI_PLACEHOLDERS = ("tgi", "dummy")
 
 
 class _Sampling(BaseModel):
@@ -114,7 +116,7 @@ class OpenAIService:
                                                 "UTF-8 text") from None
         if texts[-1]["role"] != "user":
             raise ApiError("invalid_input", "the last message must be the user's: it is what the model answers")
-        served = self.service.served_model(chat.model)
+        served = self._served(chat.model)
         if images:
             if len(images) > 1 or len(texts) > 1:
                 raise ApiError("invalid_input", "send one user message with one image: a conversation around "
@@ -137,12 +139,18 @@ class OpenAIService:
 
     async def decode_completion(self, body: Any) -> tuple[Call, CompletionRequest]:
         completion = _validate(CompletionRequest, body)
-        served = self.service.served_model(completion.model)
+        served = self._served(completion.model)
         task = get_task("text-generation")
         self.service.check_task(served, task)
         request = await run_in_threadpool(make_request, task, completion.prompt, None,
                                           completion.parameters(chat=False), max_pixels=self._max_pixels)
         return self._call(completion, task.name, request, served), completion
+
+    def _served(self, model: str):
+        """The served model a request names; TGI's placeholders (``tgi``, ``dummy``) name the TGI routes' model."""
+        if model not in self.service.served and model in TGI_PLACEHOLDERS:
+            return self.service.text_model()
+        return self.service.served_model(model)
 
     @property
     def _max_pixels(self) -> int:

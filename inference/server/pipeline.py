@@ -222,6 +222,15 @@ class InferenceService:
                            f"model {model_id!r} is not served here; served models: {', '.join(sorted(self.served))}")
         return served
 
+    def text_model(self) -> ServedModel:
+        """The first served text-generation model (``--model`` order): what TGI's routes run, and what a chat request
+        naming TGI's placeholder model (``tgi``, or ``dummy`` from huggingface_hub) gets."""
+        for served in self.served.values():
+            if served.tasks and "text-generation" in served.tasks:
+                return served
+        raise ApiError("model_not_found", "this server serves no text-generation model for TGI's routes: use "
+                                          "/models/{model_id} or /v1/chat/completions with a served model")
+
     @staticmethod
     def check_task(served: ServedModel, task: TaskSpec) -> None:
         if served.tasks is not None and task.name not in served.tasks:
