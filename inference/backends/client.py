@@ -10,6 +10,7 @@ log line or repr ever holds the token.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from ..settings import Endpoint, Settings, endpoint_host
 from ..wire import ERRORS, Spec, code_of_answer, dumps, parse_error
 from .transport import BoundedStream, ConnectionLog, current_deadline, deadline_scope
 
-__all__ = ["RemoteAnswer", "RemoteClient"]
+__all__ = ["RemoteAnswer", "RemoteClient", "stop_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,19 @@ class RemoteAnswer:
     endpoint: str
     #: The call's state: a stream's reader cancels it (``state.cancelled``) and may close ``state.response``.
     state: _CallState | None = field(default=None, repr=False)
+
+
+def stop_stream(answer: RemoteAnswer) -> None:
+    """Stop reading an answer's event stream (idempotent, from any thread): the connection closes, so the server
+    stops generating."""
+    events, state = answer.data, answer.state
+    state.cancelled = True
+    if inspect.getgeneratorstate(events) == inspect.GEN_CREATED and state.response is not None:
+        state.response.close()  # never read: closing the generator would not reach its clean-up
+    try:
+        events.close()
+    except ValueError:
+        pass  # being read in another thread: that read ends it at its next event
 
 
 class RemoteClient:

@@ -11,10 +11,10 @@ Requests go to the endpoint URL itself, as ``huggingface_hub.InferenceClient(mod
 from __future__ import annotations
 
 import base64
-import inspect
 import logging
 import time
 from collections.abc import Generator, Iterator
+from functools import partial
 from typing import Any
 
 from ..errors import BadResponse, InferenceError, InvalidInput, UnsupportedTask
@@ -23,7 +23,7 @@ from ..tasks import TaskSpec, ignored_image
 from ..types import Raw
 from ..wire import parse_server_timing
 from .base import StreamFacts, StreamHandle
-from .client import RemoteAnswer, RemoteClient
+from .client import RemoteAnswer, RemoteClient, stop_stream
 
 __all__ = ["HFBackend"]
 
@@ -94,18 +94,8 @@ class HFBackend:
         timing = parse_server_timing(answer.headers.get("server-timing"))
         facts = StreamFacts(details={"endpoint": answer.endpoint}, load_ms=timing.get("load"), server_timing=timing,
                             attempts=answer.attempts, bytes_sent=answer.bytes_sent, warnings=warnings)
-        events, state = answer.data, answer.state
-
-        def cancel() -> None:
-            state.cancelled = True
-            if inspect.getgeneratorstate(events) == inspect.GEN_CREATED and state.response is not None:
-                state.response.close()  # never read: closing the generator would not reach its clean-up
-            try:
-                events.close()
-            except ValueError:
-                pass  # being read in another thread: that read ends it at its next event
-
-        return StreamHandle(_pieces(events, answer, facts), started=started, cancel=cancel, facts=facts)
+        return StreamHandle(_pieces(answer.data, answer, facts), started=started, cancel=partial(stop_stream, answer),
+                            facts=facts)
 
     def info(self) -> dict[str, Any]:
         """A Hugging Face endpoint reports no device, dtype or class list."""

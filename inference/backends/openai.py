@@ -10,7 +10,6 @@ rules as the studio protocol.
 from __future__ import annotations
 
 import base64
-import inspect
 import logging
 import threading
 import time
@@ -23,7 +22,7 @@ from ..tasks import TaskSpec
 from ..types import Raw
 from ..wire import parse_server_timing
 from .base import StreamFacts, StreamHandle
-from .client import RemoteAnswer, RemoteClient
+from .client import RemoteAnswer, RemoteClient, stop_stream
 
 __all__ = ["OpenAIBackend", "chat_body"]
 
@@ -98,20 +97,13 @@ class OpenAIBackend:
         timing = parse_server_timing(answer.headers.get("server-timing"))
         facts = StreamFacts(details={"endpoint": answer.endpoint}, load_ms=timing.get("load"), server_timing=timing,
                             attempts=answer.attempts, bytes_sent=answer.bytes_sent)
-        events, state = answer.data, answer.state
         stopped = threading.Event()  # the reader stopped: a stream without [DONE] is then no fault
 
         def cancel() -> None:
             stopped.set()
-            state.cancelled = True
-            if inspect.getgeneratorstate(events) == inspect.GEN_CREATED and state.response is not None:
-                state.response.close()  # never read: closing the generator would not reach its clean-up
-            try:
-                events.close()
-            except ValueError:
-                pass  # being read in another thread: that read ends it at its next event
+            stop_stream(answer)
 
-        return StreamHandle(_pieces(events, answer, facts, stopped, chat=path == "chat/completions"),
+        return StreamHandle(_pieces(answer.data, answer, facts, stopped, chat=path == "chat/completions"),
                             started=started, cancel=cancel, facts=facts)
 
     def info(self) -> dict[str, Any]:

@@ -6,10 +6,10 @@ and the task's codec reads the answer. Results look exactly like local ones.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Generator, Iterator
+from functools import partial
 from typing import Any
 
 from ..errors import BadResponse, InferenceError
@@ -18,7 +18,7 @@ from ..tasks import TaskSpec
 from ..types import Raw
 from ..wire import Payload, Spec, parse_server_timing
 from .base import StreamFacts, StreamHandle
-from .client import RemoteAnswer, RemoteClient
+from .client import RemoteAnswer, RemoteClient, stop_stream
 
 __all__ = ["StudioBackend"]
 
@@ -80,16 +80,9 @@ class StudioBackend:
         facts = StreamFacts(details=_answer_details(answer), load_ms=timing.get("load"), server_timing=timing,
                             attempts=answer.attempts, bytes_sent=answer.bytes_sent, warnings=_warnings(answer))
 
-        def cancel() -> None:
-            state.cancelled = True
-            if inspect.getgeneratorstate(events) == inspect.GEN_CREATED and state.response is not None:
-                state.response.close()  # never read: closing the generator would not reach its clean-up
-            try:
-                events.close()  # closes the connection now, so the server stops generating
-            except ValueError:
-                pass  # being read in another thread: that read ends it at its next event
-
-        return StreamHandle(_pieces(events, answer, facts), started=started, cancel=cancel, facts=facts)
+        streaming = RemoteAnswer(events, answer.headers, answer.attempts, answer.bytes_sent, answer.endpoint, state)
+        return StreamHandle(_pieces(events, answer, facts), started=started, cancel=partial(stop_stream, streaming),
+                            facts=facts)
 
     def info(self) -> dict[str, Any]:
         """Device and classes of the model as the endpoint reports them (``GET /models``), when it does."""

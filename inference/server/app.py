@@ -7,7 +7,6 @@ encode); ``GET /health`` and ``GET /models`` report status. Models run in worker
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +22,7 @@ from ..settings import Settings
 from ..tasks import TASKS
 from ..wire import Spec
 from .gate import Gate
-from .http import ApiError, BearerAuth, RequestBodyMiddleware, RequestLogMiddleware, install_error_handlers
+from .http import BearerAuth, RequestBodyMiddleware, RequestLogMiddleware, install_error_handlers, parse_json
 from .hf_api import HFService
 from .openai_api import OpenAIService
 from .pipeline import Call, InferenceService, ServedModel
@@ -227,12 +226,4 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 async def _json_body(request: Request) -> Any:
     """The request's JSON body (bounded in size and time by ``RequestBodyMiddleware``)."""
-    if "json" not in request.headers.get("content-type", ""):
-        raise ApiError("malformed_request", "send the request as JSON (Content-Type: application/json)")
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise ApiError("malformed_request", "the JSON body is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError("malformed_request", "the body is not valid JSON") from None
+    return parse_json(request.headers.get("content-type", ""), await request.body())

@@ -13,7 +13,7 @@ import binascii
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from ..backends.base import StreamHandle
@@ -23,7 +23,7 @@ from ..request import make_request
 from ..tasks import get_task
 from ..types import Raw
 from ..wire import Payload, Spec, code_of_error, error_body
-from .http import ApiError, EventStream, ProtocolJSON, sse_event
+from .http import ApiError, EventStream, ProtocolJSON, parse_json, sse_event, validate_body
 from .pipeline import Call, InferenceService, Prediction, ServedModel
 
 __all__ = ["HFService", "TGIRequest"]
@@ -104,7 +104,7 @@ class HFService:
         return self.service.text_model()
 
     async def decode_text(self, served: ServedModel, body: Any, *, stream: bool | None = None) -> tuple[Call, TGIRequest]:
-        tgi = _validate(TGIRequest, body)
+        tgi = validate_body(TGIRequest, body)
         task = get_task("text-generation")
         self.service.check_task(served, task)
         request = await run_in_threadpool(make_request, task, tgi.inputs, None, tgi.parameters.ours(),
@@ -117,7 +117,7 @@ class HFService:
         served = self.service.served_model(model_id)
         tasks = served.tasks or ()
         if "text-generation" in tasks:
-            return await self.decode_text(served, _json(content_type, raw))
+            return await self.decode_text(served, parse_json(content_type, raw))
         image_task = next((name for name in ("object-detection", "image-to-text", "image-text-to-text")
                            if name in tasks), None)
         if image_task is None:
@@ -127,7 +127,7 @@ class HFService:
         if "json" not in content_type:  # the image bytes (InferenceClient may send them with no type): Pillow decides
             image = raw
         else:
-            body = _validate(_ImageRequest, _json(content_type, raw))
+            body = validate_body(ImageRequest, parse_json(content_type, raw))
             try:
                 image = base64.b64decode(body.inputs, validate=True)
             except (binascii.Error, ValueError):
@@ -198,7 +198,7 @@ class HFService:
         return EventStream(events(), close, {**headers, "Cache-Control": "no-cache"})
 
 
-class _ImageRequest(BaseModel):
+class ImageRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     inputs: str
@@ -208,29 +208,6 @@ class _ImageRequest(BaseModel):
 def _call(served: ServedModel, task: str, request, stream: bool) -> Call:
     return Call(Spec(model_id=served.id, task=task, payload=Payload(inputs=request.prompt)), request, served,
                 stream=stream)
-
-
-def _json(content_type: str, raw: bytes) -> Any:
-    import json
-
-    if "json" not in content_type:
-        raise ApiError("unsupported_media_type", "send JSON ({\"inputs\", \"parameters\"}) or, for an image task, the "
-                                                 "image bytes with an image Content-Type")
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise ApiError("malformed_request", "the JSON body is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError("malformed_request", "the body is not valid JSON") from None
-
-
-def _validate(model: type[BaseModel], body: Any) -> Any:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg'].lower()}"
-                             for error in exc.errors()[:5])
-        raise ApiError("invalid_spec", f"the request is not a valid body: {problems}") from None
 
 
 def _full_text(tgi: TGIRequest, text: str) -> str:

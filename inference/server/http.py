@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.sse import format_sse_event
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InferenceError
@@ -37,7 +37,9 @@ __all__ = [
     "header_value",
     "http_protocol",
     "install_error_handlers",
+    "parse_json",
     "sse_event",
+    "validate_body",
 ]
 
 log = logging.getLogger("inference.server")
@@ -287,3 +289,25 @@ def sse_event(data: Any) -> bytes:
     """One server-sent event, framed by FastAPI's SSE encoder. NOTE: ASCII JSON (``\\u`` escapes) so that no
     text, not even a lone surrogate, can fail to encode once the stream has begun."""
     return format_sse_event(data_str=json.dumps(data, separators=(",", ":")))
+
+
+def parse_json(content_type: str, raw: bytes) -> Any:
+    """A JSON request body (its size and time already bounded by ``RequestBodyMiddleware``), or the 4xx it deserves."""
+    if "json" not in content_type:
+        raise ApiError("unsupported_media_type", "send the request as JSON (Content-Type: application/json)")
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ApiError("malformed_request", "the JSON body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError("malformed_request", "the body is not valid JSON") from None
+
+
+def validate_body(model: type[BaseModel], body: Any) -> Any:
+    """``body`` as ``model``, or 422 ``invalid_spec`` naming the first few problems (never echoing big values)."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg'].lower()}"
+                             for error in exc.errors()[:5])
+        raise ApiError("invalid_spec", f"the request is not a valid {model.__name__}: {problems}") from None

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from ..backends.base import StreamHandle
@@ -26,7 +26,7 @@ from ..request import make_request
 from ..tasks import get_task
 from ..types import Raw
 from ..wire import Payload, Spec, code_of_error, error_body
-from .http import ApiError, EventStream, ProtocolJSON, sse_event
+from .http import ApiError, EventStream, ProtocolJSON, sse_event, validate_body
 from .pipeline import Call, InferenceService, Prediction
 
 __all__ = ["ChatRequest", "CompletionRequest", "OpenAIService"]
@@ -100,7 +100,7 @@ class OpenAIService:
     # ------------------------------------------------------------------ decode
 
     async def decode_chat(self, body: Any) -> tuple[Call, ChatRequest]:
-        chat = _validate(ChatRequest, body)
+        chat = validate_body(ChatRequest, body)
         texts, images = [], []
         for message in chat.messages:
             parts = [ContentPart(type="text", text=message.content)] if isinstance(message.content, str) \
@@ -138,7 +138,7 @@ class OpenAIService:
         return self._call(chat, task.name, request, served), chat
 
     async def decode_completion(self, body: Any) -> tuple[Call, CompletionRequest]:
-        completion = _validate(CompletionRequest, body)
+        completion = validate_body(CompletionRequest, body)
         served = self._served(completion.model)
         task = get_task("text-generation")
         self.service.check_task(served, task)
@@ -235,15 +235,6 @@ class _Identity:
 
     def fields(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
-
-
-def _validate(model: type[BaseModel], body: Any) -> Any:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg'].lower()}"
-                             for error in exc.errors()[:5])
-        raise ApiError("invalid_spec", f"the request is not a valid {model.__name__}: {problems}") from None
 
 
 def _data_uri(image_url: dict[str, Any] | None) -> bytes:
