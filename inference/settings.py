@@ -96,7 +96,8 @@ class Endpoint(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     name: str
-    urls: tuple[str, ...] = Field(min_length=1, validation_alias=AliasChoices("urls", "url"))
+    # NOTE: left out of the repr: a URL's query may hold a key (what is shown of an endpoint is ``hosts``).
+    urls: tuple[str, ...] = Field(min_length=1, validation_alias=AliasChoices("urls", "url"), repr=False)
     protocol: Literal["studio", "openai", "hf", "auto"] = "studio"
     token: SecretStr | None = None
     #: Our model id → the server's name for it (vLLM's ``--served-model-name``); others keep their id.
@@ -257,9 +258,10 @@ class Settings(BaseSettings):
     @classmethod
     def _unique_names(cls, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
         names = [endpoint.name for endpoint in endpoints]
-        if DEFAULT_ENDPOINT in names:
-            raise ValueError(f"names an endpoint {DEFAULT_ENDPOINT!r}, which is the REMOTE_INFERENCE_* one: pick "
-                             "another name")
+        for reserved, meaning in ((DEFAULT_ENDPOINT, "the REMOTE_INFERENCE_* one"), ("local", "this machine"),
+                                  ("auto", "the backend-selection rule")):
+            if reserved in names:
+                raise ValueError(f"names an endpoint {reserved!r}, which is {meaning}: pick another name")
         if len(set(names)) != len(names):
             raise ValueError("names an endpoint twice")
         return endpoints

@@ -153,3 +153,16 @@ def test_auto_finds_each_protocol_once_and_says_which(base_url, local, session_e
     with pytest.raises(BadResponse, match="set its protocol") as refused:
         load_model("tiny-llm", task="text-generation", backend="a-none", settings=settings, engine=session_engine)
     assert TOKEN not in str(refused.value)
+
+
+def test_a_tgi_stream_cut_before_its_last_event_is_an_error(session_engine):
+    from inference import BadResponse
+    from test_remote_faults import fault_server
+
+    cut = b'data: {"index": 1, "token": {"id": 5, "text": "Par", "special": false}, "generated_text": null}\n\n'
+    with fault_server([(200, {"Content-Type": "text/event-stream"}, cut)]) as server:
+        settings = Settings(remote_timeout=10, endpoints={"tgi": {"url": f"http://127.0.0.1:{server.server_address[1]}",
+                                                                  "protocol": "hf"}})
+        model = load_model("m", task="text-generation", backend="tgi", settings=settings, engine=session_engine)
+        with pytest.raises(BadResponse, match="before its last event"):
+            "".join(model.stream("hi", max_new_tokens=4))

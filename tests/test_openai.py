@@ -211,3 +211,57 @@ def test_an_answer_without_usage_is_still_a_result(session_engine):
         result = model("hi", max_new_tokens=4)
     assert result.text == "Paris" and result.details["finish_reason"] == "stop"
     assert "generated_tokens" not in result.details and result.timings.tokens is None  # not guessed
+
+
+# --------------------------------------------------------------------------- what a client may cost, and refusals
+
+
+@pytest.fixture(scope="module")
+def strict_template_url(demo_dir, tmp_path_factory):
+    """The demo text model with a chat template that refuses a system role (as Gemma's does)."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("strict") / "tg"
+    shutil.copytree(demo_dir["text-generation"], path)
+    original = (path / "chat_template.jinja").read_text()
+    (path / "chat_template.jinja").write_text(
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        + original)
+    with serve(create_app({"strict": str(path)}, settings=Settings(server_tokens=(TOKEN,)))) as url:
+        wait_loaded(url, 1)
+        yield f"{url}/v1"
+
+
+def test_a_conversation_the_template_refuses_is_422_not_500(strict_template_url):
+    with openai.OpenAI(base_url=strict_template_url, api_key=TOKEN, max_retries=0) as client:
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+        for stream in (False, True):
+            with pytest.raises(openai.UnprocessableEntityError, match="System role not supported"):
+                result = client.chat.completions.create(model="strict", messages=messages, max_tokens=2, stream=stream)
+                if stream:
+                    list(result)
+        answer = client.chat.completions.create(model="strict", messages=messages[1:], max_tokens=2)
+        assert answer.choices[0].message.content is not None  # the server is fine
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ({"stop": ["\n"]}, "does not support stop"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "does not support tools"),
+    ({"response_format": {"type": "json_object"}}, "does not support response_format"),
+])
+def test_openai_parameters_this_server_cannot_honour_are_refused(sdk, extra, says):
+    with pytest.raises(openai.UnprocessableEntityError, match=says):
+        sdk.chat.completions.create(model="tg", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                    extra_body=extra)
+
+
+def test_text_bodies_are_bounded(v1_url):
+    import httpx
+
+    big = {"model": "tg", "prompt": "a" * (3 * 2**20), "max_tokens": 2}
+    response = httpx.post(f"{v1_url}/completions", json=big, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert response.status_code == 413 and "larger than 2 MB" in response.json()["error"]["message"]
+    many = {"model": "tg", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}] * 100}]}
+    response = httpx.post(f"{v1_url}/chat/completions", json=many, headers={"Authorization": f"Bearer {TOKEN}"},
+                          timeout=30)
+    assert response.status_code == 422 and "content" in response.json()["error"]["message"]

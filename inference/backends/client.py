@@ -25,7 +25,14 @@ from typing import Any
 import httpx
 import stamina
 
-from ..errors import BadResponse, InferenceError, InferenceTimeout, InvalidInput, RemoteUnavailable
+from ..errors import (
+    AuthenticationError,
+    BadResponse,
+    InferenceError,
+    InferenceTimeout,
+    InvalidInput,
+    RemoteUnavailable,
+)
 from ..settings import Endpoint, Settings, endpoint_host
 from ..wire import ERRORS, Spec, code_of_answer, dumps, parse_error
 from .transport import BoundedStream, ConnectionLog, current_deadline, deadline_scope
@@ -82,6 +89,7 @@ class _CallState:
     cancelled: bool = False  # a stream's reader stopped (set from any thread)
     response: httpx.Response | None = None  # a stream's open answer
     done: bool = False  # the event stream said ``[DONE]`` (the OpenAI protocol's end)
+    stopped_by_reader: bool = False  # ``stop_stream`` ended it: a stream cut short by its reader is no fault
     connections: ConnectionLog = field(default_factory=ConnectionLog)
 
     def remaining(self) -> float:
@@ -119,7 +127,7 @@ def stop_stream(answer: RemoteAnswer) -> None:
     """Stop reading an answer's event stream (idempotent, from any thread): the connection closes, so the server
     stops generating."""
     events, state = answer.data, answer.state
-    state.cancelled = True
+    state.stopped_by_reader = state.cancelled = True
     if inspect.getgeneratorstate(events) == inspect.GEN_CREATED and state.response is not None:
         state.response.close()  # never read: closing the generator would not reach its clean-up
     try:
@@ -187,7 +195,7 @@ class RemoteClient:
             response, body = self._call(self._parts(spec, image, use_remote, stream=False), state)
         try:
             data = json.loads(body) if body else None
-        except ValueError:
+        except (ValueError, RecursionError):
             raise self._bad_response(response, body, "the body is not JSON") from None
         return RemoteAnswer(data, response.headers, state.attempts, state.bytes_sent, state.endpoint)
 
@@ -230,7 +238,7 @@ class RemoteClient:
                                 state.endpoint, state)
         try:
             data = json.loads(body_bytes) if body_bytes else None
-        except ValueError:
+        except (ValueError, RecursionError):
             raise self._bad_response(response, body_bytes, "the body is not JSON") from None
         return RemoteAnswer(data, response.headers, state.attempts, state.bytes_sent, state.endpoint, state)
 
@@ -257,6 +265,8 @@ class RemoteClient:
         for protocol, path, style, fits in checks:
             try:
                 data = self._get(path, style=style)
+            except (AuthenticationError, RemoteUnavailable, InferenceTimeout):
+                raise  # the token or the host, whatever the protocol: say so, not "set the protocol"
             except InferenceError:
                 continue
             if fits(data):
@@ -346,7 +356,8 @@ class RemoteClient:
             return url
         if self.protocol == "studio":
             return str(httpx.URL(url).join(path))
-        return f"{url.rstrip('/')}/{path.lstrip('/')}"
+        base = httpx.URL(url)  # below the base's path; its query (Azure's ?api-version=) stays a query
+        return str(base.copy_with(path=f"{base.path.rstrip('/')}/{path.lstrip('/')}"))
 
     def _failover_order(self, start: int | None = None) -> Iterator[tuple[int, str]]:
         """(index, url) of every endpoint, from ``start`` (default: the one that answered last) round the list."""
@@ -476,7 +487,7 @@ class RemoteClient:
                     return
                 try:
                     value = event.json()
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise self._bad_response(response, event.data.encode(), "an event is not JSON") from None
                 if isinstance(value, dict) and "error" in value:
                     detail = parse_error(value)
@@ -513,7 +524,7 @@ class RemoteClient:
                     raise self._status_error(response, body)
                 try:
                     return json.loads(body)
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise self._bad_response(response, body, "the body is not JSON") from None
             except InferenceError as exc:
                 failure = exc
@@ -575,6 +586,8 @@ class RemoteClient:
         said = self._scrub(detail.message if detail and detail.message else _excerpt(body))
         said = f": {said}" if said else ""
         code = code_of_answer(status, detail.code if detail else None)
+        if code == "model_not_found" and detail is None:
+            code = "not_found"  # a 404 that is no error body of any protocol (FastAPI's {"detail"}, a proxy): the URL
         if code is None:
             return BadResponse(f"the remote endpoint {host} answered an unexpected status {status}{said}")
         kind = ERRORS[code].exception

@@ -152,6 +152,7 @@ def _details(details: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pieces(events: Generator[Any, None, None], answer: RemoteAnswer, facts: StreamFacts) -> Iterator[str]:
+    finished = False
     for event in events:
         if not isinstance(event, dict):
             raise BadResponse(f"the remote endpoint {answer.endpoint} sent an event that is not TGI's")
@@ -161,3 +162,12 @@ def _pieces(events: Generator[Any, None, None], answer: RemoteAnswer, facts: Str
             yield text
         if isinstance(event.get("details"), dict):
             facts.details.update(_details(event["details"]))
+        finished = finished or event.get("generated_text") is not None
+    if not finished and answer.state is not None and not answer.state.done and not _stopped(answer):
+        raise BadResponse(f"the remote endpoint {answer.endpoint} ended its stream before its last event (the one "
+                          "with generated_text): the answer may be cut short; try again, or check the server's log")
+
+
+def _stopped(answer: RemoteAnswer) -> bool:
+    """Whether the reader stopped the stream (``stop_stream``): a stream cut short by its reader is no fault."""
+    return bool(answer.state and answer.state.stopped_by_reader)

@@ -201,6 +201,13 @@ def _map_runtime_error(exc: BaseException) -> BaseException:
             "the device ran out of memory running this request: lower max_new_tokens, use a smaller image or "
             "model, or unload other models"
         )
+    from jinja2 import TemplateError
+
+    if isinstance(exc, TemplateError):
+        # The model's chat template refused the conversation (Gemma takes no system role; Llama-2 and Mistral want
+        # user and assistant turns in turn): the caller's messages, not a crash.
+        return InvalidInput(f"the model's chat template refuses these messages: {exc}; change the roles or their "
+                            "order, or set use_chat_template to false")
     if isinstance(exc, RuntimeError) and "probability tensor contains" in str(exc):
         # Sampling settings that turn the model's scores into infinities (the parameter checks catch the
         # usual ones; a model's own extreme logits can still get here): the caller's values, not a crash.
@@ -383,7 +390,8 @@ class LocalBackend:
     def stream(self, request: Request) -> StreamHandle:
         started = time.perf_counter()
         loaded, load_ms, started = self._load_from(started)
-        generation = RUNNERS[self.spec.family].stream(loaded, request)
+        with _runtime_errors():
+            generation = RUNNERS[self.spec.family].stream(loaded, request)
         facts = StreamFacts(load_ms=load_ms, warnings=self._warnings(request))
         return StreamHandle(generation.start(facts), started=started, cancel=generation.cancel, facts=facts)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import base64
 import logging
-import threading
 import time
 from collections.abc import Generator, Iterator
+from functools import partial
 from typing import Any
 
 from ..errors import BadResponse, InferenceError, UnsupportedTask
@@ -97,14 +97,8 @@ class OpenAIBackend:
         timing = parse_server_timing(answer.headers.get("server-timing"))
         facts = StreamFacts(details={"endpoint": answer.endpoint}, load_ms=timing.get("load"), server_timing=timing,
                             attempts=answer.attempts, bytes_sent=answer.bytes_sent)
-        stopped = threading.Event()  # the reader stopped: a stream without [DONE] is then no fault
-
-        def cancel() -> None:
-            stopped.set()
-            stop_stream(answer)
-
-        return StreamHandle(_pieces(answer.data, answer, facts, stopped, chat=path == "chat/completions"),
-                            started=started, cancel=cancel, facts=facts)
+        return StreamHandle(_pieces(answer.data, answer, facts, chat=path == "chat/completions"), started=started,
+                            cancel=partial(stop_stream, answer), facts=facts)
 
     def info(self) -> dict[str, Any]:
         """What ``GET /models`` says of the model (OpenAI servers say little: no device or dtype)."""
@@ -160,8 +154,8 @@ def _usage(usage: Any) -> dict[str, Any]:
     return details
 
 
-def _pieces(events: Generator[Any, None, None], answer: RemoteAnswer, facts: StreamFacts, stopped: threading.Event,
-            *, chat: bool) -> Iterator[str]:
+def _pieces(events: Generator[Any, None, None], answer: RemoteAnswer, facts: StreamFacts, *, chat: bool
+            ) -> Iterator[str]:
     finish_reason = None
     for event in events:
         if not isinstance(event, dict):
@@ -175,7 +169,7 @@ def _pieces(events: Generator[Any, None, None], answer: RemoteAnswer, facts: Str
             if isinstance(piece, str) and piece:
                 yield piece
             finish_reason = choice.get("finish_reason") or finish_reason
-    if answer.state is not None and not answer.state.done and not stopped.is_set():
+    if answer.state is not None and not answer.state.done and not answer.state.stopped_by_reader:
         raise BadResponse(f"the remote endpoint {answer.endpoint} ended its stream without [DONE]: the answer may be "
                           "cut short; try again, or check the server's log")
     facts.details["finish_reason"] = finish_reason

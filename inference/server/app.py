@@ -1,7 +1,9 @@
 """The reference server's FastAPI app: routes, authentication, error handlers and the OpenAPI schema.
 
-``POST /inference`` implements the wire protocol (README, "Remote inference") through ``pipeline.InferenceService`` (decode → predict →
-encode); ``GET /health`` and ``GET /models`` report status. Models run in worker threads so the event loop (and
+``POST /inference`` implements the wire protocol (README, "Remote inference") through ``pipeline.InferenceService``
+(decode → predict → encode); the same pipeline answers OpenAI's routes (``/v1/...``, ``openai_api``) and Hugging
+Face's (TGI's ``/``, ``/generate``, ``/generate_stream``, ``/info`` and the task API at ``/models/{id}``,
+``hf_api``); ``GET /health`` and ``GET /models`` report status. Models run in worker threads so the event loop (and
 ``/health``) stays responsive while they work. Each model's ``gate.Gate`` bounds what runs and waits.
 """
 
@@ -23,6 +25,7 @@ from ..tasks import TASKS
 from ..wire import Spec
 from .gate import Gate
 from .http import BearerAuth, RequestBodyMiddleware, RequestLogMiddleware, install_error_handlers, parse_json
+from .http import MAX_TEXT_JSON_BYTES
 from .hf_api import HFService
 from .openai_api import OpenAIService
 from .pipeline import Call, InferenceService, ServedModel
@@ -146,7 +149,7 @@ def create_app(
     async def chat_completions(request: Request):
         """OpenAI's chat completions: messages through the model's chat template; an image_url part (data URI)."""
         authorize(request)
-        call, chat = await openai.decode_chat(await _json_body(request))
+        call, chat = await openai.decode_chat(await _json_body(request, max_body_bytes))  # images travel in it
         request.state.model_id = call.spec.model_id
         return await answer(call, partial(openai.encode, chat=True, sampling=chat))
 
@@ -224,6 +227,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-async def _json_body(request: Request) -> Any:
-    """The request's JSON body (bounded in size and time by ``RequestBodyMiddleware``)."""
-    return parse_json(request.headers.get("content-type", ""), await request.body())
+async def _json_body(request: Request, max_bytes: int = MAX_TEXT_JSON_BYTES) -> Any:
+    """The request's JSON body, parsed in the threadpool (the event loop keeps serving /health and streams)."""
+    raw = await request.body()
+    return await run_in_threadpool(parse_json, request.headers.get("content-type", ""), raw, max_bytes)

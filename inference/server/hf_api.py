@@ -104,7 +104,7 @@ class HFService:
         return self.service.text_model()
 
     async def decode_text(self, served: ServedModel, body: Any, *, stream: bool | None = None) -> tuple[Call, TGIRequest]:
-        tgi = validate_body(TGIRequest, body)
+        tgi = await run_in_threadpool(validate_body, TGIRequest, body)
         task = get_task("text-generation")
         self.service.check_task(served, task)
         request = await run_in_threadpool(make_request, task, tgi.inputs, None, tgi.parameters.ours(),
@@ -117,17 +117,22 @@ class HFService:
         served = self.service.served_model(model_id)
         tasks = served.tasks or ()
         if "text-generation" in tasks:
-            return await self.decode_text(served, parse_json(content_type, raw))
+            return await self.decode_text(served, await run_in_threadpool(parse_json, content_type, raw))
         image_task = next((name for name in ("object-detection", "image-to-text", "image-text-to-text")
                            if name in tasks), None)
         if image_task is None:
-            raise ApiError("model_loading", f"model {model_id!r} is still starting: retry shortly")
+            if served.tasks is None and served.error is None:
+                raise ApiError("model_loading", f"model {model_id!r} is still starting: retry shortly")
+            if served.error is not None:
+                raise ApiError("model_load_failed", f"model {model_id!r} cannot be loaded: {served.error}")
+            raise ApiError("unsupported_task", f"model {model_id!r} does {', '.join(tasks) or 'no supported task'}: "
+                                               "the task API here runs text generation, detection and captions")
         task = get_task(image_task)
         parameters: dict[str, Any] = {}
         if "json" not in content_type:  # the image bytes (InferenceClient may send them with no type): Pillow decides
             image = raw
         else:
-            body = validate_body(ImageRequest, parse_json(content_type, raw))
+            body = await run_in_threadpool(_image_body, content_type, raw)
             try:
                 image = base64.b64decode(body.inputs, validate=True)
             except (binascii.Error, ValueError):
@@ -203,6 +208,10 @@ class ImageRequest(BaseModel):
 
     inputs: str
     parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+def _image_body(content_type: str, raw: bytes) -> ImageRequest:
+    return validate_body(ImageRequest, parse_json(content_type, raw, max_bytes=len(raw)))  # the body limit bounds it
 
 
 def _call(served: ServedModel, task: str, request, stream: bool) -> Call:

@@ -31,8 +31,12 @@ from .pipeline import Call, InferenceService, Prediction
 
 __all__ = ["ChatRequest", "CompletionRequest", "OpenAIService"]
 
-#: Most messages one chat request may hold.
-MAX_MESSAGES = 256
+#: Most messages one chat request may hold, parts one message may hold, and characters of text in all of them.
+MAX_MESSAGES, MAX_PARTS, MAX_TEXT_CHARS = 256, 64, 1_000_000
+#: OpenAI parameters this server cannot honour: refused when set, never silently ignored (others a client may send,
+#: such as ``user`` or ``metadata``, change nothing and are ignored).
+UNSUPPORTED = ("stop", "logprobs", "top_logprobs", "response_format", "tools", "tool_choice", "functions",
+               "function_call", "presence_penalty", "frequency_penalty", "logit_bias", "best_of", "suffix", "echo")
 #: The model names TGI's clients send when the URL names the model: huggingface_hub's InferenceClient sends "dummy".
 TGI_PLACEHOLDERS = ("tgi", "dummy")
 
@@ -40,7 +44,7 @@ TGI_PLACEHOLDERS = ("tgi", "dummy")
 class _Sampling(BaseModel):
     """The sampling fields both routes take; others a client may send (user, logprobs, ...) are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # kept to refuse what cannot be honoured (``UNSUPPORTED``)
 
     model: str = Field(min_length=1, max_length=512)
     max_tokens: int | None = None
@@ -58,7 +62,14 @@ class _Sampling(BaseModel):
         """Our generation parameters (validated by the task, with its ranges and messages)."""
         if self.n != 1:
             raise ApiError("invalid_input", f"n={self.n}: this server answers one choice per request (n=1)")
-        values = {"max_new_tokens": self.max_completion_tokens or self.max_tokens, "temperature": self.temperature,
+        refused = [name for name in UNSUPPORTED if (self.model_extra or {}).get(name) not in (None, False, [], 0)]
+        if refused:
+            raise ApiError("invalid_input", f"this server does not support {', '.join(refused)}: leave "
+                                            f"{'it' if len(refused) == 1 else 'them'} out")
+        if self.stream_options is not None and not isinstance(self.stream_options, dict):
+            raise ApiError("invalid_input", "stream_options must be an object such as {\"include_usage\": true}")
+        tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        values = {"max_new_tokens": tokens, "temperature": self.temperature,
                   "top_p": self.top_p, "top_k": self.top_k, "repetition_penalty": self.repetition_penalty,
                   "seed": self.seed, "use_chat_template": chat}
         return {key: value for key, value in values.items() if value is not None}
@@ -80,7 +91,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart]
+    content: str | list[ContentPart] = Field(max_length=MAX_PARTS)
 
 
 class ChatRequest(_Sampling):
@@ -100,7 +111,7 @@ class OpenAIService:
     # ------------------------------------------------------------------ decode
 
     async def decode_chat(self, body: Any) -> tuple[Call, ChatRequest]:
-        chat = validate_body(ChatRequest, body)
+        chat = await run_in_threadpool(validate_body, ChatRequest, body)
         texts, images = [], []
         for message in chat.messages:
             parts = [ContentPart(type="text", text=message.content)] if isinstance(message.content, str) \
@@ -108,12 +119,9 @@ class OpenAIService:
             text = "".join(part.text or "" for part in parts if part.type == "text")
             images += [_data_uri(part.image_url) for part in parts if part.type == "image_url"]
             texts.append({"role": message.role, "content": text})
-        for text in texts:
-            try:
-                text["content"].encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): no tokenizer takes it
-                raise ApiError("invalid_input", "a message is not valid Unicode (it holds a lone surrogate): send "
-                                                "UTF-8 text") from None
+        if sum(len(text["content"]) for text in texts) > MAX_TEXT_CHARS:
+            raise ApiError("invalid_input", f"the messages hold more than {MAX_TEXT_CHARS:,} characters of text: "
+                                            "send a shorter conversation")
         if texts[-1]["role"] != "user":
             raise ApiError("invalid_input", "the last message must be the user's: it is what the model answers")
         served = self._served(chat.model)
@@ -138,7 +146,7 @@ class OpenAIService:
         return self._call(chat, task.name, request, served), chat
 
     async def decode_completion(self, body: Any) -> tuple[Call, CompletionRequest]:
-        completion = validate_body(CompletionRequest, body)
+        completion = await run_in_threadpool(validate_body, CompletionRequest, body)
         served = self._served(completion.model)
         task = get_task("text-generation")
         self.service.check_task(served, task)

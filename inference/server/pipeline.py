@@ -228,6 +228,8 @@ class InferenceService:
         for served in self.served.values():
             if served.tasks and "text-generation" in served.tasks:
                 return served
+        if any(served.tasks is None and served.error is None for served in self.served.values()):
+            raise ApiError("model_loading", "the server is still reading its models' configs: retry shortly")
         raise ApiError("model_not_found", "this server serves no text-generation model for TGI's routes: use "
                                           "/models/{model_id} or /v1/chat/completions with a served model")
 
