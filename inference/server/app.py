@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..engine import Engine
@@ -27,6 +27,7 @@ from .gate import Gate
 from .http import BearerAuth, RequestBodyMiddleware, RequestLogMiddleware, install_error_handlers, parse_json
 from .http import MAX_TEXT_JSON_BYTES
 from .hf_api import HFService
+from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .openai_api import OpenAIService
 from .pipeline import Call, InferenceService, ServedModel
 
@@ -98,6 +99,7 @@ def create_app(
     openai = OpenAIService(service)
     hf = HFService(service)
     authorize = BearerAuth(settings.server_tokens)
+    metrics = Metrics(partial(_gauges, served, engine))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -109,7 +111,7 @@ def create_app(
     docs = {} if not authorize.enabled else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="Inference Studio reference server", version="1", lifespan=lifespan, **docs)
     app.add_middleware(RequestBodyMiddleware, max_body_bytes=max_body_bytes)
-    app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(RequestLogMiddleware, observe=metrics.observe_request)
     app.state.service = service
     app.openapi = partial(_openapi, app)
     install_error_handlers(app)
@@ -127,63 +129,67 @@ def create_app(
         authorize(request)
         return {"models": [model.describe(engine) for model in served.values()]}
 
-    async def answer(call: Call, encode: Callable[..., Any]) -> Any:
+    async def answer(request: Request, call: Call, encode: Callable[..., Any]) -> Any:
         """predict ``call`` at its model's gate, then ``encode`` the prediction (which frees the place)."""
+        request.state.model_id, request.state.task = call.spec.model_id, call.request.spec.name
         gate = gateway if call.use_remote else call.served.gate
         admission = gate.admit()
         try:
             queue_ms = await gate.wait(admission)
+            metrics.queue.labels(call.spec.model_id).observe(queue_ms / 1000)
             prediction = await run_in_threadpool(service.predict, call)
         except BaseException:
             gate.release(admission)
             raise
+        metrics.observe_prediction(call, prediction)
         return encode(call, prediction, queue_ms, partial(gate.release, admission))
 
     @app.post("/inference", openapi_extra={"requestBody": INFERENCE_BODY})
     async def inference(request: Request):
         """The wire protocol: multipart ``spec`` (+ ``image``), answered as JSON or server-sent events."""
         authorize(request)
-        return await answer(await service.decode_request(request), service.encode_response)
+        return await answer(request, await service.decode_request(request), service.encode_response)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         """OpenAI's chat completions: messages through the model's chat template; an image_url part (data URI)."""
         authorize(request)
         call, chat = await openai.decode_chat(await _json_body(request, max_body_bytes))  # images travel in it
-        request.state.model_id = call.spec.model_id
-        return await answer(call, partial(openai.encode, chat=True, sampling=chat))
+        return await answer(request, call, partial(openai.encode, chat=True, sampling=chat))
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         """OpenAI's completions: the prompt as it is, no chat template."""
         authorize(request)
         call, completion = await openai.decode_completion(await _json_body(request))
-        request.state.model_id = call.spec.model_id
-        return await answer(call, partial(openai.encode, chat=False, sampling=completion))
+        return await answer(request, call, partial(openai.encode, chat=False, sampling=completion))
 
     @app.post("/generate")
     async def tgi_generate(request: Request):
         """TGI's generate: ``{"inputs", "parameters"}`` on the first served text-generation model."""
         authorize(request)
         call, tgi = await hf.decode_text(hf.tgi_model(), await _json_body(request), stream=False)
-        request.state.model_id = call.spec.model_id
-        return await answer(call, partial(hf.encode, tgi=tgi, listed=False))
+        return await answer(request, call, partial(hf.encode, tgi=tgi, listed=False))
 
     @app.post("/generate_stream")
     async def tgi_generate_stream(request: Request):
         """TGI's token events for the same body."""
         authorize(request)
         call, tgi = await hf.decode_text(hf.tgi_model(), await _json_body(request), stream=True)
-        request.state.model_id = call.spec.model_id
-        return await answer(call, partial(hf.encode, tgi=tgi, listed=False))
+        return await answer(request, call, partial(hf.encode, tgi=tgi, listed=False))
 
     @app.post("/")
     async def tgi_root(request: Request):
         """TGI's ``/``: generate, or token events when the body says ``"stream": true``."""
         authorize(request)
         call, tgi = await hf.decode_text(hf.tgi_model(), await _json_body(request))
-        request.state.model_id = call.spec.model_id
-        return await answer(call, partial(hf.encode, tgi=tgi, listed=True))
+        return await answer(request, call, partial(hf.encode, tgi=tgi, listed=True))
+
+    @app.get("/metrics")
+    async def prometheus_metrics(request: Request) -> Response:
+        """Prometheus metrics (text exposition format); the token is needed when one is set."""
+        authorize(request)
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/info")
     async def tgi_info(request: Request) -> dict[str, Any]:
@@ -203,7 +209,7 @@ def create_app(
         authorize(request)
         request.state.model_id = model_id
         call, tgi = await hf.decode_task(model_id, request.headers.get("content-type", ""), await request.body())
-        return await answer(call, partial(hf.encode, tgi=tgi, listed=True))
+        return await answer(request, call, partial(hf.encode, tgi=tgi, listed=True))
 
     @app.get("/v1/models")
     async def openai_models(request: Request) -> dict[str, Any]:
@@ -231,3 +237,10 @@ async def _json_body(request: Request, max_bytes: int = MAX_TEXT_JSON_BYTES) -> 
     """The request's JSON body, parsed in the threadpool (the event loop keeps serving /health and streams)."""
     raw = await request.body()
     return await run_in_threadpool(parse_json, request.headers.get("content-type", ""), raw, max_bytes)
+
+
+def _gauges(served: dict[str, ServedModel], engine: Engine) -> list[dict[str, Any]]:
+    """Each served model's running and waiting requests, state and last load time, for the metrics' gauges."""
+    loads = {model["model_id"]: model["load_ms"] / 1000 for model in engine.status()["models"]}
+    return [{"id": model.id, "running": model.gate.running, "waiting": model.gate.in_flight - model.gate.running,
+             "status": model.describe(engine)["status"], "load_s": loads.get(model.source)} for model in served.values()]

@@ -34,6 +34,8 @@ class Gate:
         self.name, self.concurrency, self.queue_size = name, concurrency, queue_size
         #: Requests admitted and not released: running plus waiting.
         self.in_flight = 0
+        #: Of those, the ones that hold a slot (the rest wait).
+        self.running = 0
         self._slots = asyncio.Semaphore(concurrency)
 
     def admit(self) -> Admission:
@@ -48,6 +50,7 @@ class Gate:
         started = time.perf_counter()
         await self._slots.acquire()
         admission.running = True
+        self.running += 1
         return (time.perf_counter() - started) * 1000
 
     def release(self, admission: Admission) -> None:
@@ -57,4 +60,5 @@ class Gate:
         admission.released = True
         if admission.running:
             self._slots.release()
+            self.running -= 1
         self.in_flight -= 1

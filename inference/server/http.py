@@ -231,14 +231,15 @@ class RequestBodyMiddleware:
 
 
 class RequestLogMiddleware:
-    """One log line per request (never headers or bodies: the token, the image), and the 500 of a bug.
+    """One log line per request (never headers or bodies: the token, the image), the request's metrics
+    (``observe(scope, status, seconds)``), and the 500 of a bug.
 
     An unexpected exception is logged once, here, and answered with the protocol's JSON and
     ``Connection: close`` (the connection's state is unknown after a bug), so nothing above sees it.
     """
 
-    def __init__(self, app) -> None:
-        self.app = app
+    def __init__(self, app, observe: Callable[[dict, int, float], None] | None = None) -> None:
+        self.app, self.observe = app, observe
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -262,8 +263,11 @@ class RequestLogMiddleware:
                                           headers={"Connection": "close"})
                 await response(scope, receive, logged_send)
         finally:
+            seconds = time.perf_counter() - started
             log.info("%s %s %d model=%s %.1fms", scope["method"], scope["path"], status,
-                     ascii(state.get("model_id", "-"))[1:-1], (time.perf_counter() - started) * 1000)
+                     ascii(state.get("model_id", "-"))[1:-1], seconds * 1000)
+            if self.observe is not None and scope.get("path") != "/metrics":
+                self.observe(scope, status, seconds)
 
 
 class EventStream(StreamingResponse):
