@@ -49,6 +49,9 @@ def test_metrics_parse_and_count_what_was_sent(url, photo):
                                                          "image": ("x.png", buffer.getvalue(), "image/png")},
                               headers=AUTH, timeout=30)
         assert response.status_code == 200
+    unknown = json.dumps({"model_id": "zzz-random-name", "task": "text-generation", "payload": {"inputs": "hi"}})
+    assert httpx.post(f"{url}/inference", files={"spec": (None, unknown, "application/json")}, headers=AUTH,
+                      timeout=30).status_code == 404
     chat = {"model": "tg", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     assert httpx.post(f"{url}/v1/chat/completions", json=chat, headers=AUTH, timeout=30).status_code == 200
     assert httpx.post(f"{url}/v1/chat/completions", json={**chat, "model": "nope"}, headers=AUTH,
@@ -60,6 +63,9 @@ def test_metrics_parse_and_count_what_was_sent(url, photo):
         before, model="tg", route="/v1/chat/completions", status="200") == 1
     assert _count(after, route="/v1/chat/completions", status="404") - _count(
         before, route="/v1/chat/completions", status="404") == 1
+    # what a client names is no label: an unknown model is "other", however many names are sent
+    assert not [s for s in after["inference_studio_requests"] if s.labels.get("model") in ("nope", "zzz-random-name")]
+    assert _count(after, model="other", route="/inference", status="404") >= 1
     inference = {sample.labels["model"]: sample.value for sample in after["inference_studio_request_inference_duration_seconds"]
                  if sample.name.endswith("_count")}
     assert inference["det"] >= 3 and inference["tg"] >= 1

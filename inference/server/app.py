@@ -99,7 +99,7 @@ def create_app(
     openai = OpenAIService(service)
     hf = HFService(service)
     authorize = BearerAuth(settings.server_tokens)
-    metrics = Metrics(partial(_gauges, served, engine))
+    metrics = Metrics(partial(_gauges, served, engine), served)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -136,7 +136,7 @@ def create_app(
         admission = gate.admit()
         try:
             queue_ms = await gate.wait(admission)
-            metrics.queue.labels(call.spec.model_id).observe(queue_ms / 1000)
+            metrics.queue.labels(metrics.model_label(call.spec.model_id)).observe(queue_ms / 1000)
             prediction = await run_in_threadpool(service.predict, call)
         except BaseException:
             gate.release(admission)

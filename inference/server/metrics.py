@@ -15,7 +15,7 @@ so several servers in one process (the tests) never mix their figures.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -33,7 +33,8 @@ STATES = ("not loaded", "loading", "loaded", "unloaded", "error")
 class Metrics:
     """The server's metrics. ``snapshot`` gives the gauges' current figures (gates, models) at scrape time."""
 
-    def __init__(self, snapshot: Callable[[], list[dict[str, Any]]]) -> None:
+    def __init__(self, snapshot: Callable[[], list[dict[str, Any]]], served: Collection[str] = ()) -> None:
+        self.served = frozenset(served)
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(f"{PREFIX}_requests", "Requests answered, by model, task, route and HTTP status.",
                                 ("model", "task", "route", "status"), registry=self.registry)
@@ -51,7 +52,7 @@ class Metrics:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"  # a route's template, never a client's path
         state = scope.get("state", {})
-        model, task = str(state.get("model_id", "")), str(state.get("task", ""))
+        model, task = self.model_label(str(state.get("model_id", ""))), str(state.get("task", ""))
         self.requests.labels(model, task, template, str(status)).inc()
         self.duration.labels(model, task, template).observe(seconds)
 
@@ -60,8 +61,12 @@ class Metrics:
         from ..types import Raw, Timings
 
         if isinstance(prediction.outcome, Raw):
-            self.inference.labels(call.spec.model_id, call.request.spec.name).observe(
+            self.inference.labels(self.model_label(call.spec.model_id), call.request.spec.name).observe(
                 Timings.from_raw(prediction.outcome).total_ms / 1000)
+
+    def model_label(self, model_id: str) -> str:
+        """A served model's id, else ``other``: what a client names must not grow the label set without bound."""
+        return model_id if model_id in self.served or not model_id else "other"
 
     def render(self) -> bytes:
         """The text exposition format."""
