@@ -22,7 +22,7 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-from .backends.loading import BUNDLED_SMOLLM2, MODEL_BUILD_LOCK, bundled_dir
+from .backends.loading import BUNDLED_SMOLLM2, MODEL_BUILD_LOCK, bundled_dir, model_libraries
 from .errors import ModelLoadError
 
 __all__ = ["BUNDLED_SMOLLM2", "bundled_available", "bundled_dir", "convert_bundled"]
@@ -78,7 +78,7 @@ def convert_bundled(directory: Path | None = None, *, progress: Callable[[str], 
         import gguf as _  # noqa: F401  (transformers reads GGUF files with it)
     except ImportError:
         raise ModelLoadError("the bundled model needs the gguf package: `pip install gguf==0.19.0`") from None
-    import torch
+    torch, _ = model_libraries()
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     say = progress or (lambda message: log.info("%s", message))

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from .backends.loading import model_libraries
 from .backends.loading import DEMO_PREFIX, DEMO_TASKS, MODEL_BUILD_LOCK, default_demo_dir, demo_name, resolve_demo
 
 __all__ = [
@@ -188,7 +189,7 @@ def build_demo_models(directory: str | Path, tasks: tuple[str, ...] = DEMO_TASKS
     directory = Path(directory).expanduser()
     if not force and all(_built_version(directory / task) == _VERSION for task in tasks):
         return {task: directory / task for task in tasks}  # nothing to build: torch and transformers stay unimported
-    import torch
+    torch, _ = model_libraries()
     from transformers.utils import logging as hf_logging
 
     directory.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from typing import Any
 import streamlit as st
 
 from inference import Engine, InferenceError, Model, ModelLoadError, Settings, load_model
+from inference.backends.loading import model_libraries as load_libraries
 from inference.bundled import BUNDLED_SMOLLM2, bundled_available, convert_bundled
 from inference.demo_models import (
     DEMO_PREFIX,
@@ -47,11 +48,6 @@ def app_settings() -> Settings:
         return Settings.defaults()  # read from nowhere: the faulty environment is not read again
 
 
-def _import_model_libraries() -> None:
-    import torch  # noqa: F401
-    from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel  # noqa: F401
-
-
 @st.cache_resource(show_spinner=False)
 def model_libraries() -> threading.Thread:
     """torch and transformers, imported once in a thread of their own, started with the app's first page.
@@ -60,7 +56,7 @@ def model_libraries() -> threading.Thread:
     stopped inside ``import transformers`` leaves a half-initialised module in ``sys.modules`` (every later load then
     fails with "module 'transformers' has no attribute ..."). Code about to load a model waits for this thread.
     """
-    thread = threading.Thread(target=_import_model_libraries, name="app-import-model-libraries", daemon=True)
+    thread = threading.Thread(target=load_libraries, name="app-import-model-libraries", daemon=True)
     thread.start()
     return thread
 

@@ -27,6 +27,7 @@ __all__ = [
     "demo_name",
     "load",
     "BUNDLED_SMOLLM2",
+    "model_libraries",
     "bundled_dir",
     "resolve_demo",
     "resolve_device",
@@ -45,9 +46,33 @@ AUTO_CLASSES: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: Held while torch and transformers are first imported (``model_libraries``).
+_IMPORT_LOCK = threading.Lock()
+#: What the local backend uses of transformers, resolved in one thread: its lazy attributes import submodules.
+_EAGER = ("AutoConfig", "PreTrainedModel", "GenerationMixin", "BatchFeature", "StoppingCriteria", "StoppingCriteriaList",
+          "TextIteratorStreamer")
+
+
+def model_libraries() -> tuple[Any, Any]:
+    """torch and transformers, imported whole, one thread at a time. Call it before any other use of them.
+
+    NOTE: two threads importing them at once can deadlock on Python's module locks (one holds torch's and waits for
+    transformers', the other the reverse); Python then breaks the cycle by handing one of them a half-initialised
+    module, and every later load in the process fails with "module 'transformers' has no attribute ...". A server's
+    warm-up beside its first request, or the app's page beside its first run, did exactly that.
+    """
+    with _IMPORT_LOCK:
+        import torch
+        import transformers
+
+        for name in (*_EAGER, *(name for names in AUTO_CLASSES.values() for name in names)):
+            getattr(transformers, name)
+    return torch, transformers
+
+
 def _family_takes(family: str, config: Any) -> bool:
     """Whether models of ``family`` can be built from ``config``."""
-    import transformers
+    _, transformers = model_libraries()
 
     return type(config) in getattr(transformers, AUTO_CLASSES[family][2])
 
@@ -151,9 +176,7 @@ def load(source: str, spec: TaskSpec, device: str, dtype: str) -> LoadedModel:
     Raises:
         ModelLoadError: what is wrong and how to fix it, for every way a load can fail.
     """
-    import torch
-    import transformers
-
+    torch, transformers = model_libraries()
     auto_model, auto_processor, _ = AUTO_CLASSES[spec.family]
     config, location = _load_config(source, spec)
     model_class = getattr(transformers, auto_model)
@@ -210,6 +233,7 @@ def _load_config(source: str, spec: TaskSpec | None) -> tuple[Any, str]:
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
     )
+    model_libraries()
     from transformers import AutoConfig
 
     demo = resolve_demo(source)

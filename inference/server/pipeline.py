@@ -22,7 +22,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ..backends.base import Backend, StreamHandle
-from ..backends.loading import tasks_of
+from ..backends.loading import model_libraries, tasks_of
 from ..backends.local import LocalBackend
 from ..backends.studio import StudioBackend
 from ..engine import Engine
@@ -118,7 +118,7 @@ class InferenceService:
     def warm_up(self, preload: bool) -> None:
         """What every first request needs, whatever its model: torch and transformers' model machinery (seconds of
         imports). Then every model's tasks and classes, read from configs; then, with ``preload``, the weights."""
-        from transformers import GenerationMixin, PreTrainedModel  # noqa: F401
+        model_libraries()
 
         for model in self.served.values():
             try:
