@@ -20,8 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-from .backends.loading import model_libraries
-from .backends.loading import DEMO_PREFIX, DEMO_TASKS, MODEL_BUILD_LOCK, default_demo_dir, demo_name, resolve_demo
+from .backends.loading import (
+    DEMO_PREFIX,
+    DEMO_TASKS,
+    MODEL_BUILD_LOCK,
+    default_demo_dir,
+    demo_name,
+    model_libraries,
+    resolve_demo,
+)
 
 __all__ = [
     "DEMO_MARKER",

@@ -32,16 +32,7 @@ def _remote_health(endpoints: tuple[str, ...], _settings, runs: int) -> tuple[bo
     ``runs`` (this session's count of remote runs) is part of the cache key: a run may have loaded a model
     there, so the status is asked again after it. (``_settings`` is left out of the key: the endpoints are in it.)
     """
-    engine = state.get_engine()
-    client = engine.remote_client(_settings)
-    try:
-        client.health()
-    except InferenceError as exc:
-        return False, str(exc), []
-    try:
-        return True, "reachable", client.models(max_age=0)
-    except InferenceError as exc:
-        return True, f"reachable; model list unavailable ({exc})", []
+    return endpoint_status(state.get_engine().remote_client(_settings))
 
 
 @st.cache_data(ttl=15, show_spinner=False)

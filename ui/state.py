@@ -50,12 +50,9 @@ def app_settings() -> Settings:
 
 @st.cache_resource(show_spinner=False)
 def model_libraries() -> threading.Thread:
-    """torch and transformers, imported once in a thread of their own, started with the app's first page.
-
-    NOTE: never first in a script run's thread: Streamlit stops a script run when the user clicks again, and a run
-    stopped inside ``import transformers`` leaves a half-initialised module in ``sys.modules`` (every later load then
-    fails with "module 'transformers' has no attribute ..."). Code about to load a model waits for this thread.
-    """
+    """torch and transformers, imported once in a thread of their own as the app's first page opens, so that the first
+    local run does not wait for seconds of imports. (``backends.loading.model_libraries`` makes every other importer
+    wait for this one: two threads importing them at once could deadlock into a half-initialised module.)"""
     thread = threading.Thread(target=load_libraries, name="app-import-model-libraries", daemon=True)
     thread.start()
     return thread
@@ -78,7 +75,6 @@ def demo_models() -> dict[str, str]:
 
     People see the short name only: the directory would tell a share link's recipient the host's home.
     """
-    model_libraries().join()
     build_demo_models(default_demo_dir())
     return {task: demo_name(task) for task in TASKS}
 
@@ -87,7 +83,6 @@ def demo_models() -> dict[str, str]:
                                 "machine)…")
 def bundled_text_model() -> str | None:
     """The real offline text model's name once converted (``inference.bundled``); None when it cannot be."""
-    model_libraries().join()
     try:
         convert_bundled()
     except ModelLoadError as exc:
@@ -201,7 +196,6 @@ def get_model(model_id: str, task: str, backend: str) -> Model:
     if backend != "local":  # a named endpoint of secrets.toml ([endpoints.NAME]) or INFERENCE_ENDPOINTS
         return load_model(model_id, task=task, backend=backend, engine=engine, settings=app_settings())
     check_obtainable(model_id)
-    model_libraries().join()
     if not engine.loaded(model_id):
         with st.status(f"Loading {model_id} for {task}…", expanded=False) as status:
             try:

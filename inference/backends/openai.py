@@ -104,9 +104,8 @@ class OpenAIBackend:
         """What ``GET /models`` says of the model (OpenAI servers say little: no device or dtype)."""
         if self._info is None:
             try:
-                data = self.client.get_json("models")
-                listed = [item.get("id") for item in data.get("data", []) if isinstance(item, dict)]
-            except (InferenceError, AttributeError) as exc:
+                listed = [item["id"] for item in self.status(self.client)[1]]
+            except InferenceError as exc:
                 log.info("GET /models failed (%s); model info stays partial", exc)
                 return {}
             if self.model_id not in listed:

@@ -24,8 +24,14 @@ from ..settings import Settings
 from ..tasks import TASKS
 from ..wire import Spec
 from .gate import Gate
-from .http import BearerAuth, RequestBodyMiddleware, RequestLogMiddleware, install_error_handlers, parse_json
-from .http import MAX_TEXT_JSON_BYTES
+from .http import (
+    MAX_TEXT_JSON_BYTES,
+    BearerAuth,
+    RequestBodyMiddleware,
+    RequestLogMiddleware,
+    install_error_handlers,
+    parse_json,
+)
 from .hf_api import HFService
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .openai_api import OpenAIService
@@ -154,7 +160,7 @@ def create_app(
     async def chat_completions(request: Request):
         """OpenAI's chat completions: messages through the model's chat template; an image_url part (data URI)."""
         authorize(request)
-        call, chat = await openai.decode_chat(await _json_body(request, max_body_bytes))  # images travel in it
+        call, chat = await openai.decode_chat(await _json_body(request, None))  # images travel in it: the body limit
         return await answer(request, call, partial(openai.encode, chat=True, sampling=chat))
 
     @app.post("/v1/completions")
@@ -233,7 +239,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-async def _json_body(request: Request, max_bytes: int = MAX_TEXT_JSON_BYTES) -> Any:
+async def _json_body(request: Request, max_bytes: int | None = MAX_TEXT_JSON_BYTES) -> Any:
     """The request's JSON body, parsed in the threadpool (the event loop keeps serving /health and streams)."""
     raw = await request.body()
     return await run_in_threadpool(parse_json, request.headers.get("content-type", ""), raw, max_bytes)

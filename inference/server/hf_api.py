@@ -211,7 +211,7 @@ class ImageRequest(BaseModel):
 
 
 def _image_body(content_type: str, raw: bytes) -> ImageRequest:
-    return validate_body(ImageRequest, parse_json(content_type, raw, max_bytes=len(raw)))  # the body limit bounds it
+    return validate_body(ImageRequest, parse_json(content_type, raw, max_bytes=None))  # an image: the body limit
 
 
 def _call(served: ServedModel, task: str, request, stream: bool) -> Call:

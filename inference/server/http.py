@@ -299,12 +299,12 @@ def sse_event(data: Any) -> bytes:
 MAX_TEXT_JSON_BYTES = 2 * 2**20
 
 
-def parse_json(content_type: str, raw: bytes, max_bytes: int = MAX_TEXT_JSON_BYTES) -> Any:
-    """A JSON request body of at most ``max_bytes`` (size and time also bounded by ``RequestBodyMiddleware``), or the
-    4xx it deserves. CPU-bound: run it in the threadpool, not on the event loop."""
+def parse_json(content_type: str, raw: bytes, max_bytes: int | None = MAX_TEXT_JSON_BYTES) -> Any:
+    """A JSON request body of at most ``max_bytes`` (None: the body limit of ``RequestBodyMiddleware`` alone, which
+    also bounds its time), or the 4xx it deserves. CPU-bound: run it in the threadpool, not on the event loop."""
     if "json" not in content_type:
         raise ApiError("unsupported_media_type", "send the request as JSON (Content-Type: application/json)")
-    if len(raw) > max_bytes:
+    if max_bytes is not None and len(raw) > max_bytes:
         raise ApiError("payload_too_large", f"the JSON body is larger than {max_bytes / 2**20:g} MB: send a shorter "
                                             "prompt or conversation (an image, base64, at most the body limit)")
     try:
