@@ -61,6 +61,8 @@ class Timings:
     network_ms: float | None = None
     load_ms: float | None = None
     queue_ms: float | None = None
+    #: A batched request's wait for its batch to close, on the server (part of ``server_ms``).
+    batch_ms: float | None = None
     ttft_ms: float | None = None
     tokens: int | None = None
     tokens_per_s: float | None = None
@@ -73,7 +75,7 @@ class Timings:
         """Every figure of one call, derived from what its backend observed.
 
         A model load is reported as ``load_ms`` and kept out of every latency: ``total_ms`` is the wall time less
-        the load, and so is TTFT. ``server_ms`` is the server's inference plus queue time, ``network_ms`` the rest
+        the load, and so is TTFT. ``server_ms`` is the server's inference, queue and batch time, ``network_ms`` the rest
         of ``total_ms``. Tokens per second are over the whole call (prefill included), for every backend alike.
         ``earlier_load_ms``: a load that happened before the call (``load_model`` loads at once), reported once.
         """
@@ -82,7 +84,7 @@ class Timings:
         server = raw.server_timing
         server_ms = network_ms = None
         if "inference" in server:
-            server_ms = server["inference"] + server.get("queue", 0.0)
+            server_ms = server["inference"] + server.get("queue", 0.0) + server.get("batch", 0.0)
             network_ms = max(0.0, total - server_ms)
         tokens = raw.details.get("generated_tokens")
         tokens = tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None
@@ -92,6 +94,7 @@ class Timings:
             network_ms=network_ms,
             load_ms=raw.load_ms if raw.load_ms is not None else earlier_load_ms,
             queue_ms=server.get("queue"),
+            batch_ms=server.get("batch"),
             ttft_ms=None if raw.first_piece_ms is None else max(0.0, raw.first_piece_ms - load),
             tokens=tokens,
             tokens_per_s=round(tokens / (total / 1000), 2) if tokens is not None and total > 0 else None,

@@ -51,3 +51,30 @@ def test_the_app_defaults_to_the_bundled_model_offline(bundled, monkeypatch):
     at.button(key="tg_go").click().run()
     assert not at.exception, at.exception
     assert "Paris" in page_text(at)
+
+
+
+def test_a_batch_of_prompts_gets_each_prompts_own_greedy_answer(bundled, session_engine):
+    """Left padding changes nothing a greedy request gets, on real weights (a batching server, 4 at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    prompts = ["What is the capital of France?", "Say hello.", "List three colors, please, separated by commas.",
+               "What is 2+2?"]
+    local = load_model(bundled, task="text-generation", backend="local", engine=session_engine)
+    expected = [local(prompt, max_new_tokens=16).text for prompt in prompts]
+    app = create_app({"smollm2": bundled}, settings=Settings(server_tokens=(TOKEN,)), max_batch_size=4,
+                     max_wait_ms=500)
+
+    def ask(prompt: str) -> httpx.Response:
+        return httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120,
+                          json={"model": "smollm2", "max_tokens": 16, "temperature": 0,
+                                "messages": [{"role": "user", "content": prompt}]})
+
+    with serve(app) as url:
+        wait_loaded(url, 1)
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            responses = list(pool.map(ask, prompts))
+    assert [response.json()["choices"][0]["message"]["content"] for response in responses] == expected
+    assert all('desc="4 requests"' in response.headers["server-timing"] for response in responses)

@@ -9,9 +9,10 @@ so that ``import inference`` stays light.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from ..tasks import GenerationParameters
 
 __all__ = ["RUNNERS", "LocalBackend"]
+
+log = logging.getLogger(__name__)
 
 #: Prompt used when a chat vision-language model is asked to caption without a prompt.
 DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
@@ -169,12 +172,110 @@ class _Generation:
         """Ask generate() to stop after the current token."""
         self.control.cancelled.set()
 
+    def batch_key(self, *, pads: bool) -> tuple:
+        """What generations must share to run in one ``generate``: the parameters (sampling never mixes), the
+        inputs' names and, for what cannot be padded, every tensor's shape. A seeded request runs alone: its seed
+        fixes its own draws, not a batch's."""
+        if self.params.seed is not None:
+            return (id(self),)
+        shapes = tuple(sorted((name, tuple(value.shape[1:] if pads and name in _TOKEN_INPUTS else value.shape))
+                              for name, value in self.inputs.items()))
+        return (self.params, shapes)
+
     def _details(self, sequence) -> dict[str, Any]:
         return {
             "finish_reason": _finish_reason(self.loaded, sequence, self.control, self.params),
             "prompt_tokens": self.prompt_tokens,
             "generated_tokens": self.control.steps,
         }
+
+
+#: Inputs that hold one entry per token: a batch pads them on the left to the longest prompt.
+_TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _generate_together(loaded: LoadedModel, generations: list[_Generation]) -> list[tuple[str, dict[str, Any]]]:
+    """One ``generate`` for several generations that share a ``batch_key``; each answer as if it ran alone.
+
+    Prompts of different lengths are padded on the left (their attention masks say which ids are padding, and
+    generate derives the positions from them), so every row's new tokens start at the same column. A row that
+    ends before the others is cut at its first end-of-sequence token.
+    """
+    import torch
+
+    first = generations[0]
+    pad_id = _pad_token_id(loaded, first.tokenizer)
+    inputs = {}
+    for name in first.inputs:
+        values = [generation.inputs[name] for generation in generations]
+        if name in _TOKEN_INPUTS:
+            width = max(value.shape[1] for value in values)
+            fill = pad_id if name == "input_ids" else 0
+            values = [torch.nn.functional.pad(value, (width - value.shape[1], 0), value=fill) for value in values]
+        inputs[name] = torch.cat(values)
+    control = _new_control()
+    with torch.inference_mode():
+        output = loaded.model.generate(**inputs, **_generate_kwargs(loaded, first.params, control))
+    new = output[:, output.shape[1] - control.steps:] if control.steps else output[:, :0]
+    eos = loaded.model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    answers = []
+    for generation, row in zip(generations, new):
+        ends = [index for index, token in enumerate(row.tolist()) if token in eos_ids]
+        tokens = row[:ends[0] + 1] if ends else row
+        finish = "stop" if ends or len(tokens) < generation.params.max_new_tokens else "length"
+        text = generation.tokenizer.decode(tokens, skip_special_tokens=True)
+        answers.append((text, {"finish_reason": finish, "prompt_tokens": generation.prompt_tokens,
+                               "generated_tokens": len(tokens)}))
+    return answers
+
+
+def _pad_token_id(loaded: LoadedModel, tokenizer) -> int:
+    """The id left padding uses: the tokenizer's pad token, else the model's, else end-of-sequence (masked out)."""
+    for candidate in (getattr(tokenizer, "pad_token_id", None), loaded.model.generation_config.pad_token_id,
+                      loaded.model.generation_config.eos_token_id, 0):
+        if isinstance(candidate, list):
+            candidate = candidate[0] if candidate else None
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _each(function: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """``function`` on each item, its failure (as one of ours where it is one) in that item's place."""
+    outcomes = []
+    for item in items:
+        try:
+            with _runtime_errors():
+                outcomes.append(function(item))
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+def _together(items: list[Any], key: Callable[[Any], Any], run_group: Callable[[list[Any]], list[Any]],
+              alone: Callable[[Any], Any]) -> list[Any]:
+    """Run items that share a ``key`` as one group, each answer (or failure) in its item's place.
+
+    A group that fails as a whole runs again one item at a time, so that one bad request fails alone and the
+    others still get their answers; an item whose preparation failed (``BaseException`` in its place) stays so.
+    """
+    outcomes: list[Any] = list(items)
+    groups: dict[Any, list[int]] = {}
+    for index, item in enumerate(items):
+        if not isinstance(item, BaseException):
+            groups.setdefault(key(item), []).append(index)
+    for indices in groups.values():
+        members = [items[index] for index in indices]
+        try:
+            with _runtime_errors():
+                answers = run_group(members) if len(members) > 1 else [alone(members[0])]
+        except Exception as exc:
+            log.warning("a batch of %d failed (%s): running its requests one at a time", len(members), exc)
+            answers = _each(alone, members)
+        for index, answer in zip(indices, answers):
+            outcomes[index] = answer
+    return outcomes
 
 
 @contextmanager
@@ -255,9 +356,18 @@ class Runner(Protocol):
     def stream(loaded: LoadedModel, request: Request) -> _Generation:
         """A generation ready to ``start`` (text families only)."""
 
+    @staticmethod
+    def run_batch(loaded: LoadedModel, requests: list[Request]) -> list[tuple[Any, dict[str, Any]] | Exception]:
+        """Each request's ``run`` answer, run together where the family can; a request's failure in its place."""
+
 
 class _GenerationRunner:
     """A family that generates text: ``run`` generates to the end, ``stream`` hands back the generation."""
+
+    #: Whether prompts of different lengths may share a batch (padded on the left): decoder-only text models.
+    #: Image-text models batch equal shapes only: their processors expand image tokens and some (BLIP's
+    #: text decoder) place tokens by absolute position, where padding would change the answer.
+    pads = False
 
     @staticmethod
     def prepare(loaded: LoadedModel, request: Request) -> _Generation:
@@ -268,12 +378,21 @@ class _GenerationRunner:
         return cls.prepare(loaded, request).run()
 
     @classmethod
+    def run_batch(cls, loaded: LoadedModel, requests: list[Request]) -> list[tuple[str, dict[str, Any]] | Exception]:
+        """One ``generate`` per group of requests with the same parameters (and, unless the family pads, shapes)."""
+        prepared = _each(functools.partial(cls.prepare, loaded), requests)
+        return _together(prepared, lambda generation: generation.batch_key(pads=cls.pads),
+                         functools.partial(_generate_together, loaded), _Generation.run)
+
+    @classmethod
     def stream(cls, loaded: LoadedModel, request: Request) -> _Generation:
         return cls.prepare(loaded, request)
 
 
 class CausalLMRunner(_GenerationRunner):
     """text-generation with decoder-only language models. A request's image, if any, is never decoded."""
+
+    pads = True
 
     @staticmethod
     def prepare(loaded: LoadedModel, request: Request) -> _Generation:
@@ -327,15 +446,48 @@ class ImageTextRunner(_GenerationRunner):
 class ObjectDetectionRunner:
     """object-detection with DETR-style models (DETR, YOLOS, RT-DETR, ...)."""
 
+    @classmethod
+    def run(cls, loaded: LoadedModel, request: Request) -> tuple[Any, dict[str, Any]]:
+        return cls._detections(loaded, cls._forward(loaded, [cls._inputs(loaded, request)]), 0, request)
+
+    @classmethod
+    def run_batch(cls, loaded: LoadedModel, requests: list[Request]) -> list[tuple[Any, dict[str, Any]] | Exception]:
+        """One forward per group of images the processor makes the same size (most often: every image of one
+        camera); post-processed per image at its own size and threshold. Images of other sizes are not padded
+        together: padding changes what models without a pixel mask (YOLOS) see, and so their boxes."""
+        inputs = _each(functools.partial(cls._inputs, loaded), requests)
+        items = [features if isinstance(features, BaseException) else (features, request)
+                 for features, request in zip(inputs, requests)]
+
+        def forward_group(group: list[tuple[Any, Request]]) -> list[tuple[Any, dict[str, Any]]]:
+            outputs = cls._forward(loaded, [features for features, _ in group])
+            return [cls._detections(loaded, outputs, row, request) for row, (_, request) in enumerate(group)]
+
+        return _together(items, lambda item: tuple((name, tuple(value.shape)) for name, value in item[0].items()),
+                         forward_group, lambda item: forward_group([item])[0])
+
     @staticmethod
-    def run(loaded: LoadedModel, request: Request) -> tuple[Any, dict[str, Any]]:
-        import supervision as sv
+    def _inputs(loaded: LoadedModel, request: Request):
+        return _device_inputs(loaded, loaded.processor(images=request.image, return_tensors="pt"))
+
+    @staticmethod
+    def _forward(loaded: LoadedModel, inputs: list):
         import torch
 
-        processor, image = loaded.processor, request.image
-        inputs = _device_inputs(loaded, processor(images=image, return_tensors="pt"))
+        batch = inputs[0] if len(inputs) == 1 else {name: torch.cat([features[name] for features in inputs])
+                                                     for name in inputs[0]}
         with torch.inference_mode():
-            outputs = loaded.model(**inputs)
+            return loaded.model(**batch)
+
+    @staticmethod
+    def _detections(loaded: LoadedModel, outputs, row: int, request: Request) -> tuple[Any, dict[str, Any]]:
+        import supervision as sv
+
+        image, processor = request.image, loaded.processor
+        size = outputs.logits.shape[0]
+        if size > 1:  # this image's row of a batch's outputs (its tensors; auxiliary lists are not post-processed)
+            outputs = type(outputs)(**{name: value[row:row + 1] for name, value in outputs.items()
+                                       if getattr(value, "shape", None) and value.shape[0] == size})
         # target_sizes is (height, width): boxes come back in the pixels of the image as given.
         found = processor.post_process_object_detection(
             outputs, threshold=request.parameters.threshold, target_sizes=[(image.height, image.width)]
@@ -386,6 +538,18 @@ class LocalBackend:
             output, details = RUNNERS[self.spec.family].run(loaded, request)
         return Raw(output=output, elapsed_ms=(time.perf_counter() - started) * 1000, load_ms=load_ms,
                    details=details, warnings=self._warnings(request))
+
+    def run_batch(self, requests: list[Request]) -> list[Raw | Exception]:
+        """Each request's ``run``, run together where the family can (``Runner.run_batch``): one answer or failure
+        per request, in order. Each answer's ``elapsed_ms`` is the batch's: every request waited for all of it."""
+        started = time.perf_counter()
+        loaded, load_ms, started = self._load_from(started)
+        outcomes = RUNNERS[self.spec.family].run_batch(loaded, requests)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        return [outcome if isinstance(outcome, Exception) else
+                Raw(output=outcome[0], elapsed_ms=elapsed_ms, load_ms=load_ms, details=outcome[1],
+                    warnings=self._warnings(request))
+                for outcome, request in zip(outcomes, requests)]
 
     def stream(self, request: Request) -> StreamHandle:
         started = time.perf_counter()

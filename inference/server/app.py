@@ -9,10 +9,12 @@ Face's (TGI's ``/``, ``/generate``, ``/generate_stream``, ``/info`` and the task
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -23,6 +25,7 @@ from ..engine import Engine
 from ..settings import Settings
 from ..tasks import TASKS
 from ..wire import Spec
+from .batching import Batcher
 from .gate import Gate
 from .http import (
     MAX_TEXT_JSON_BYTES,
@@ -31,18 +34,21 @@ from .http import (
     RequestLogMiddleware,
     install_error_handlers,
     parse_json,
+    until_answered,
 )
 from .hf_api import HFService
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .openai_api import OpenAIService
 from .pipeline import Call, InferenceService, ServedModel
 
-__all__ = ["INFERENCE_BODY", "MAX_BODY_BYTES", "create_app", "default_models"]
+__all__ = ["DEFAULT_MAX_WAIT_MS", "INFERENCE_BODY", "MAX_BODY_BYTES", "create_app", "default_models"]
 
 log = logging.getLogger("inference.server")
 
 #: Default request body limit; the app's upload limit (.streamlit/config.toml) matches it.
 MAX_BODY_BYTES = 20 * 1024 * 1024
+#: How long the first request of a batch waits for others, by default.
+DEFAULT_MAX_WAIT_MS = 5.0
 
 
 def default_models() -> dict[str, str]:
@@ -80,6 +86,8 @@ def create_app(
     engine: Engine | None = None,
     concurrency: int = 1,
     queue_size: int = 8,
+    max_batch_size: int = 1,
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
     max_body_bytes: int = MAX_BODY_BYTES,
     preload: bool = True,
 ) -> FastAPI:
@@ -89,14 +97,17 @@ def create_app(
         models: served id → model source (hub id, ``demo/<task>`` or directory); default: the app's default models.
         settings: tokens (``INFERENCE_SERVER_TOKEN``), limits and the gateway's remote endpoint.
         engine: the engine to run on (default: a new one with ``settings``).
-        concurrency: requests one model runs at once; ``queue_size`` more may wait, the rest get 503.
+        concurrency: requests (or batches) one model runs at once; ``queue_size`` more requests may wait, the rest
+            get 503.
+        max_batch_size: whole answers (not streams) to one model and task that arrive within ``max_wait_ms`` run
+            together, up to this many (``batching.Batcher``); 1 runs each request alone.
         max_body_bytes: larger request bodies get 413.
         preload: load every model in the background at startup.
     """
     settings = settings or Settings()
     engine = engine or Engine(settings)
     served = {
-        model_id: ServedModel(model_id, source, Gate(model_id, concurrency, queue_size))
+        model_id: ServedModel(model_id, source, Gate(model_id, concurrency, queue_size, max_batch_size))
         for model_id, source in (models if models is not None else default_models()).items()
     }
     # Forwarded (use_remote) requests share one gate, wider than a model's: they wait on the network, not a CPU.
@@ -106,12 +117,25 @@ def create_app(
     hf = HFService(service)
     authorize = BearerAuth(settings.server_tokens)
     metrics = Metrics(partial(_gauges, served, engine), served)
+    batchers: dict[tuple[str, str], Batcher] = {}
+
+    def batcher(call: Call) -> Batcher:
+        """The batcher of ``call``'s model and task (one batch runs one task's code)."""
+        key = (call.served.id, call.request.spec.name)
+        if key not in batchers:
+            label = metrics.model_label(call.served.id)
+            batchers[key] = Batcher(
+                f"{key[0]}:{key[1]}", call.served.gate, service.predict_batch, max_batch_size=max_batch_size,
+                max_wait_ms=max_wait_ms, on_batch=metrics.batch_size.labels(label).observe)
+        return batchers[key]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         threading.Thread(target=service.warm_up, args=(preload,), name="inference-warm-up", daemon=True).start()
         yield
         service.close_streams()  # stop generating for clients we no longer serve
+        for each in batchers.values():
+            await each.aclose()
 
     # The schema and its pages tell anyone who asks what the server serves: not without the token.
     docs = {} if not authorize.enabled else {"docs_url": None, "redoc_url": None, "openapi_url": None}
@@ -136,18 +160,25 @@ def create_app(
         return {"models": [model.describe(engine) for model in served.values()]}
 
     async def answer(request: Request, call: Call, encode: Callable[..., Any]) -> Any:
-        """predict ``call`` at its model's gate, then ``encode`` the prediction (which frees the place)."""
+        """predict ``call`` at its model's gate (alone, or in a batch), then ``encode`` the prediction (which frees
+        the place). A client that leaves while its request waits takes it out of the queue."""
         request.state.model_id, request.state.task = call.spec.model_id, call.request.spec.name
         gate = gateway if call.use_remote else call.served.gate
         admission = gate.admit()
         try:
-            queue_ms = await gate.wait(admission)
-            metrics.queue.labels(metrics.model_label(call.spec.model_id)).observe(queue_ms / 1000)
-            prediction = await run_in_threadpool(service.predict, call)
+            if max_batch_size > 1 and service.batchable(call):
+                queued = batcher(call).submit(call, admission)
+                batched = await until_answered(request, queued.future, queued.cancel)
+                queue_ms = batched.queue_ms
+                prediction = replace(batched.outcome, batch_ms=batched.batch_ms, batch_size=batched.size)
+            else:
+                waiting = asyncio.ensure_future(gate.wait(admission))
+                queue_ms = await until_answered(request, waiting, waiting.cancel)
+                prediction = await run_in_threadpool(service.predict, call)
         except BaseException:
             gate.release(admission)
             raise
-        metrics.observe_prediction(call, prediction)
+        metrics.observe_prediction(call, prediction, queue_ms)
         return encode(call, prediction, queue_ms, partial(gate.release, admission))
 
     @app.post("/inference", openapi_extra={"requestBody": INFERENCE_BODY})

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.sse import format_sse_event
@@ -29,6 +29,7 @@ from ..wire import ERRORS, code_of_error, dumps, error_body
 __all__ = [
     "ApiError",
     "BearerAuth",
+    "ClientGone",
     "EventStream",
     "ProtocolJSON",
     "RequestBodyMiddleware",
@@ -39,6 +40,7 @@ __all__ = [
     "install_error_handlers",
     "parse_json",
     "sse_event",
+    "until_answered",
     "validate_body",
 ]
 
@@ -60,6 +62,34 @@ class ApiError(Exception):
     def __init__(self, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.code, self.message, self.headers = code, message, headers or {}
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request waited: answered 499 (nginx's "client closed request"),
+    which no one reads, so that the logs and metrics say what happened."""
+
+
+async def until_answered(request: Request, answer: asyncio.Future[Any], leave: Callable[[], bool]) -> Any:
+    """``answer``'s result, unless the client goes away first and ``leave()`` takes the request out of its queue
+    (``ClientGone``); when it cannot (it already runs), the answer is still awaited, so that what it holds is freed
+    after it, not before. The request's body must have been read."""
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((answer, gone), return_when=asyncio.FIRST_COMPLETED)
+        if not answer.done() and leave():
+            raise ClientGone
+        return await answer
+    except asyncio.CancelledError:
+        leave()
+        raise
+    finally:
+        gone.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (ASGI's ``http.disconnect``, once the body is read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class ProtocolJSON(JSONResponse):
@@ -115,6 +145,10 @@ class BearerAuth:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Every error ``app`` answers is the protocol's JSON, with the status of its code in ``wire.ERRORS``."""
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> ProtocolJSON:

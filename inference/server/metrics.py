@@ -7,7 +7,10 @@ so several servers in one process (the tests) never mix their figures.
     inference_studio_requests_total{model, task, route, status}       counter
     inference_studio_request_duration_seconds{model, task, route}     histogram: the whole request, streams included
     inference_studio_request_queue_duration_seconds{model}            histogram: waiting for a slot at the model's gate
-    inference_studio_request_inference_duration_seconds{model, task}  histogram: running on the model (load excluded)
+    inference_studio_request_inference_duration_seconds{model, task}  histogram: running on the model (load excluded;
+                                                                      a batch's whole run)
+    inference_studio_request_batch_wait_duration_seconds{model}       histogram: waiting for a batch to close
+    inference_studio_batch_size{model}                                histogram: requests per batch
     inference_studio_requests_running{model} / _requests_waiting{model}  gauges
     inference_studio_model_state{model, state}                        gauge, 1 for the model's current state
     inference_studio_model_load_duration_seconds{model}               gauge, the last load of the model
@@ -27,6 +30,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 PREFIX = "inference_studio"
 #: Latency buckets in seconds: from a tiny detector on a GPU (ms) to a long generation on a CPU (minutes).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 STATES = ("not loaded", "loading", "loaded", "unloaded", "error")
 
 
@@ -45,6 +49,11 @@ class Metrics:
         self.inference = Histogram(f"{PREFIX}_request_inference_duration_seconds",
                                    "Time running on the model (a model load excluded).", ("model", "task"),
                                    buckets=BUCKETS, registry=self.registry)
+        self.batch_wait = Histogram(f"{PREFIX}_request_batch_wait_duration_seconds",
+                                    "Time a batched request waited for its batch to close.", ("model",),
+                                    buckets=BUCKETS, registry=self.registry)
+        self.batch_size = Histogram(f"{PREFIX}_batch_size", "Requests per batch run on the model.", ("model",),
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
         self.registry.register(_Gauges(snapshot))
 
     def observe_request(self, scope: dict[str, Any], status: int, seconds: float) -> None:
@@ -56,12 +65,17 @@ class Metrics:
         self.requests.labels(model, task, template, str(status)).inc()
         self.duration.labels(model, task, template).observe(seconds)
 
-    def observe_prediction(self, call: Any, prediction: Any) -> None:
-        """A request's time on the model, when it answered in one piece (a stream's is in the request duration)."""
+    def observe_prediction(self, call: Any, prediction: Any, queue_ms: float) -> None:
+        """A request's wait at its gate, for a batch, and its time on the model when it answered in one piece (a
+        stream's is in the request duration)."""
         from ..types import Raw, Timings
 
+        model = self.model_label(call.spec.model_id)
+        self.queue.labels(model).observe(queue_ms / 1000)
+        if prediction.batch_ms is not None:
+            self.batch_wait.labels(model).observe(prediction.batch_ms / 1000)
         if isinstance(prediction.outcome, Raw):
-            self.inference.labels(self.model_label(call.spec.model_id), call.request.spec.name).observe(
+            self.inference.labels(model, call.request.spec.name).observe(
                 Timings.from_raw(prediction.outcome).total_ms / 1000)
 
     def model_label(self, model_id: str) -> str:

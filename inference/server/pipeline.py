@@ -97,15 +97,21 @@ class Prediction:
     source: str
     #: How long this request waited for its model to load (its own load or another's), once.
     load_wait_ms: float | None = None
+    #: Run in a batch: how long it waited for the batch to close after a slot was free, and the batch's size.
+    batch_ms: float | None = None
+    batch_size: int | None = None
 
     def server_timing(self, queue_ms: float) -> str:
-        """The answer's ``Server-Timing``: ``inference`` (not known yet for a stream), ``queue`` and ``load`` (this
-        server's wait and, in gateway mode, the upstream's own load)."""
+        """The answer's ``Server-Timing``: ``inference`` (not known yet for a stream; a batch's whole run),
+        ``queue``, ``batch`` (with the batch's size) and ``load`` (this server's wait and, in gateway mode, the
+        upstream's own load)."""
         outcome = self.outcome
         facts = outcome.facts if isinstance(outcome, StreamHandle) else outcome
         loads = [wait for wait in (self.load_wait_ms, facts.load_ms) if wait is not None]
         inference = None if isinstance(outcome, StreamHandle) else Timings.from_raw(outcome).total_ms
-        return _server_timing(inference=inference, queue=queue_ms, load=sum(loads) if loads else None)
+        descriptions = {"batch": f"{self.batch_size} requests"} if self.batch_size is not None else {}
+        return _server_timing(descriptions, inference=inference, queue=queue_ms, batch=self.batch_ms,
+                              load=sum(loads) if loads else None)
 
 
 class InferenceService:
@@ -288,6 +294,20 @@ class InferenceService:
         outcome = backend.stream(call.request) if call.stream else backend.run(call.request)
         return Prediction(outcome, backend.name, load_wait_ms)
 
+    def batchable(self, call: Call) -> bool:
+        """Whether ``call`` may join a batch: a whole answer from a served model (a stream starts at once, alone)."""
+        return call.served is not None and not call.stream
+
+    def predict_batch(self, calls: list[Call]) -> list[Prediction | Exception]:
+        """Run calls to one served model and task together (``LocalBackend.run_batch``); each call's prediction or
+        failure in its place. Runs in a worker thread."""
+        served, task = calls[0].served, calls[0].request.spec
+        backend = LocalBackend(self.engine, served.source, task)
+        load_wait_ms = self.ready(served, task)
+        outcomes = backend.run_batch([call.request for call in calls])
+        return [outcome if isinstance(outcome, Exception) else Prediction(outcome, backend.name, load_wait_ms)
+                for outcome in outcomes]
+
     # ------------------------------------------------------------------ encode
 
     def encode_response(self, call: Call, prediction: Prediction, queue_ms: float,
@@ -353,9 +373,10 @@ class InferenceService:
             handle.cancel()
 
 
-def _server_timing(**durations: float | None) -> str:
-    """``Server-Timing``: ``inference;dur=12.5, queue;dur=0.3, load;dur=2100.0`` (None left out)."""
-    return ", ".join(f"{name};dur={value:.1f}" for name, value in durations.items() if value is not None)
+def _server_timing(descriptions: dict[str, str], **durations: float | None) -> str:
+    """``Server-Timing``: ``inference;dur=12.5, queue;dur=0.3, batch;dur=1.9;desc="4 requests"`` (None left out)."""
+    return ", ".join(f"{name};dur={value:.1f}" + (f';desc="{descriptions[name]}"' if name in descriptions else "")
+                     for name, value in durations.items() if value is not None)
 
 
 def _depth(value: Any, limit: int = MAX_SPEC_DEPTH) -> int:

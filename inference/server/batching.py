@@ -1,0 +1,179 @@
+"""Dynamic batching: requests to one model that arrive close together run as one batch.
+
+A ``Batcher`` serves one model and task. Requests wait in its queue; when the model's gate has a free slot, the
+batcher takes the oldest request and every one that arrives until that request has waited ``max_wait_ms`` (or the
+batch holds ``max_batch_size``), then runs them together in a worker thread. A request that waited longer than
+``max_wait_ms`` for a slot does not wait again: whatever queued behind it joins at once. How the model runs a batch
+(one forward, one ``generate``, groups of compatible requests) is the local backend's ``run_batch``; each request
+gets its own answer or its own failure.
+
+Each request learns three durations, reported in its ``Server-Timing``: ``queue`` (waiting for the gate's slot),
+``batch`` (waiting for the batch to close after the slot was free) and the batch's ``inference``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from .gate import Admission, Gate
+
+__all__ = ["Batched", "Batcher", "Queued"]
+
+log = logging.getLogger("inference.server")
+
+
+@dataclass(frozen=True)
+class Batched:
+    """A request's answer from a batch, and how it waited: ``queue_ms`` for the slot, ``batch_ms`` for the batch."""
+
+    outcome: Any
+    queue_ms: float
+    batch_ms: float
+    size: int
+
+
+@dataclass(eq=False)
+class Queued:
+    """One request in a batcher's queue. ``cancel`` takes it out, unless its batch has started."""
+
+    call: Any
+    admission: Admission
+    future: asyncio.Future[Batched]
+    enqueued: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    started: bool = False
+
+    def cancel(self) -> bool:
+        """Leave the queue (the client went away); False when the request already runs in a batch."""
+        if self.started:
+            return False
+        self.cancelled = True
+        return True
+
+
+class Batcher:
+    """Collects requests for one model into batches of up to ``max_batch_size``, waiting at most ``max_wait_ms``.
+
+    Example:
+        >>> batcher = Batcher("yolos", gate, run_batch=service.predict_batch, max_batch_size=8, max_wait_ms=5)
+        >>> queued = batcher.submit(call, admission)   # the admission comes from gate.admit()
+        >>> batched = await queued.future              # the answer, or the request's own failure, raised
+        >>> await batcher.aclose()
+    """
+
+    def __init__(self, name: str, gate: Gate, run_batch: Callable[[list[Any]], list[Any]], *, max_batch_size: int,
+                 max_wait_ms: float, on_batch: Callable[[int], None] | None = None) -> None:
+        if max_batch_size < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch_size must be at least 1 and max_wait_ms at least 0")
+        self.name, self.gate, self.run_batch = name, gate, run_batch
+        self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
+        self.on_batch = on_batch
+        self._queue: deque[Queued] = deque()
+        self._arrived = asyncio.Event()
+        self._collector: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    def submit(self, call: Any, admission: Admission) -> Queued:
+        """Queue ``call`` (admitted at the gate); its future gets its ``Batched`` answer or its failure."""
+        queued = Queued(call, admission, asyncio.get_running_loop().create_future())
+        self._queue.append(queued)
+        self._arrived.set()
+        if self._collector is None or self._collector.done():
+            self._collector = asyncio.create_task(self._collect_forever(), name=f"batcher-{self.name}")
+        return queued
+
+    async def aclose(self) -> None:
+        """Stop collecting; requests still queued fail with ``CancelledError`` (the server is stopping)."""
+        tasks = [task for task in (self._collector, *self._running) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        while self._queue:
+            queued = self._queue.popleft()
+            if not queued.future.done():
+                queued.future.cancel()
+
+    async def _collect_forever(self) -> None:
+        while True:
+            while not self._live():  # the slot is taken only for work: an idle batcher holds none
+                self._arrived.clear()
+                await self._arrived.wait()
+            await self.gate.take_slot()
+            try:
+                batch = await self._collect()
+            except BaseException:
+                self.gate.give_slot()
+                raise
+            if batch is None:  # everyone left while the slot was awaited
+                self.gate.give_slot()
+                continue
+            task = asyncio.create_task(self._run(*batch), name=f"batch-{self.name}")
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _collect(self) -> tuple[float, list[Queued]] | None:
+        """The next batch, once the gate's slot is ours: the oldest request and those that join it in time."""
+        slot_free = time.perf_counter()
+        if not self._live():
+            return None
+        opened = max(slot_free, self._queue[0].enqueued)
+        deadline = self._queue[0].enqueued + self.max_wait
+        batch: list[Queued] = []
+        while True:
+            while self._queue and len(batch) < self.max_batch_size:
+                queued = self._queue.popleft()
+                if not queued.cancelled:
+                    batch.append(queued)
+            remaining = deadline - time.perf_counter()
+            if len(batch) >= self.max_batch_size or remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+        batch = [queued for queued in batch if not queued.cancelled]  # left while the batch was open
+        if not batch:
+            return None
+        for queued in batch:
+            queued.started = True
+        self.gate.start(queued.admission for queued in batch)
+        return opened, batch
+
+    def _live(self) -> bool:
+        """Whether a request waits that has not left (those that left are dropped from the front)."""
+        while self._queue and self._queue[0].cancelled:
+            self._queue.popleft()
+        return bool(self._queue)
+
+    async def _run(self, opened: float, batch: list[Queued]) -> None:
+        closed = time.perf_counter()
+        try:
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
+            try:
+                outcomes = await run_in_threadpool(self.run_batch, [queued.call for queued in batch])
+            except Exception as exc:  # the batch as a whole (its model failed to load): every request's failure
+                outcomes = [exc] * len(batch)
+            for queued, outcome in zip(batch, outcomes):
+                if queued.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    queued.future.set_exception(outcome)
+                else:
+                    queued.future.set_result(Batched(
+                        outcome, queue_ms=max(0.0, opened - queued.enqueued) * 1000,
+                        batch_ms=(closed - max(opened, queued.enqueued)) * 1000, size=len(batch)))
+        finally:
+            self.gate.give_slot()
+            for queued in batch:
+                if not queued.future.done():
+                    queued.future.cancel()
