@@ -6,7 +6,7 @@ PORT ?= 8501
 # Empty: the default demo directory, whose models load by their short names (demo/<task>).
 DEMO_MODELS ?=
 
-.PHONY: run test test-interop install dev demo-models bench screenshots server clean
+.PHONY: run test test-interop test-ray ray install dev demo-models bench screenshots server clean
 
 $(VENV)/.installed: requirements.txt requirements-bundled.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,20 @@ $(VLLM_VENV)/.installed: requirements-vllm.txt
 # Our clients against independent servers (vLLM's OpenAI server on CPU, on 127.0.0.1).
 test-interop: dev $(VLLM_VENV)/.installed
 	HF_HUB_OFFLINE=1 INFERENCE_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(PY) -m pytest tests/interop
+
+# Ray Serve in its own venv (about 500 MB on top of requirements.txt, kept between runs).
+RAY_VENV ?= $(HOME)/.cache/inference-studio/ray-venv
+$(RAY_VENV)/.installed: requirements-ray.txt requirements.txt
+	test -x $(RAY_VENV)/bin/python || $(PYTHON) -m venv $(RAY_VENV)
+	$(RAY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(RAY_VENV)/bin/python -m pip install --quiet -r requirements-ray.txt
+	touch $@
+
+ray: $(RAY_VENV)/.installed
+
+# The reference server on Ray Serve replicas (python -m inference.server --ray), driven from our venv.
+test-ray: dev $(RAY_VENV)/.installed
+	HF_HUB_OFFLINE=1 INFERENCE_RAY_PYTHON=$(RAY_VENV)/bin/python $(PY) -m pytest tests/ray_serve
 
 demo-models: install
 	HF_HUB_OFFLINE=1 $(PY) -m inference.demo_models $(DEMO_MODELS)

@@ -16,8 +16,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["INFERENCE_DEMO_MODELS_DIR"] = tempfile.mkdtemp(prefix="inference-demo-models-")
 for _variable in list(os.environ):
     # Tests describe their own configuration; a developer's shell must not leak into them.
-    if _variable.startswith(("REMOTE_INFERENCE_", "INFERENCE_")) and _variable not in ("INFERENCE_DEMO_MODELS_DIR",
-                                                                                       "INFERENCE_VLLM_PYTHON"):
+    if _variable.startswith(("REMOTE_INFERENCE_", "INFERENCE_")) and _variable not in (
+            "INFERENCE_DEMO_MODELS_DIR", "INFERENCE_VLLM_PYTHON", "INFERENCE_RAY_PYTHON"):
         del os.environ[_variable]
 # The app's offline text default is the real SmolLM2 (inference.bundled); the app tests run on the instant demo
 # models, and the tests of the bundled model say so.

@@ -80,3 +80,23 @@ def test_nothing_imports_upwards():
 def test_the_server_runs_on_the_engine_and_backends_not_on_model():
     server = {module: targets for module, targets in _imports().items() if module.startswith("server.")}
     assert server and not any("model" in targets for targets in server.values())
+
+
+def test_the_plain_server_never_imports_ray():
+    """Ray lives in its own venv: only ``server.ray_serve`` imports it, and only ``--ray`` imports that module (inside
+    the function that serves on Ray), so ``python -m inference.server`` runs without Ray installed."""
+    importers, top_level = [], []
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            if any(imported == "ray" or imported.startswith("ray.") for imported in names):
+                importers.append(name)
+            if isinstance(node, ast.ImportFrom) and node.level and "ray_serve" in (
+                    [alias.name for alias in node.names] + [node.module or ""]):
+                importers.append(f"{name} (ray_serve)")
+                if node in tree.body:
+                    top_level.append(name)
+    assert sorted(set(importers)) == ["server.cli (ray_serve)", "server.ray_serve"]
+    assert top_level == []

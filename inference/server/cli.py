@@ -15,13 +15,17 @@ import time
 
 from ..errors import InferenceError
 from ..settings import Settings
-from .app import MAX_BODY_BYTES, create_app, default_models
+from .app import DEFAULT_MAX_WAIT_MS, MAX_BODY_BYTES, create_app, default_models
 from .http import http_protocol
 
 __all__ = ["SHUTDOWN_GRACE", "main"]
 
 #: Seconds open connections (event streams) get to finish when the server is told to stop.
 SHUTDOWN_GRACE = 3
+#: The command line batches by default (``create_app`` does not: a library call asks for it).
+DEFAULT_MAX_BATCH_SIZE = 8
+#: A batch's first request never waits longer than this for others, whatever the flag says.
+MAX_WAIT_LIMIT_MS = 1000
 
 
 def _is_loopback(host: str) -> bool:
@@ -31,6 +35,29 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _count(least: int):
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if number < least:
+            raise argparse.ArgumentTypeError(f"{number} is less than {least}")
+        return number
+
+    return parse
+
+
+def _milliseconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of milliseconds") from None
+    if not 0 <= number <= MAX_WAIT_LIMIT_MS:
+        raise argparse.ArgumentTypeError(f"{value} ms: use 0 to {MAX_WAIT_LIMIT_MS} ms")
+    return number
 
 
 def _parse_models(values: list[str] | None) -> dict[str, str]:
@@ -46,14 +73,18 @@ def _parse_models(values: list[str] | None) -> dict[str, str]:
 
 
 def _exit_with_parent() -> None:
-    """Exit as soon as the parent process dies (it may be killed without a chance to stop us)."""
+    """Stop as soon as the parent process dies (it may be killed without a chance to stop us): SIGTERM to ourselves,
+    so that uvicorn (or Ray Serve, with its processes) shuts down as it would when told to; exit anyway after that."""
     import os
+    import signal
 
     parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(SHUTDOWN_GRACE + 15)
         os._exit(0)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
@@ -65,10 +96,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model", action="append", metavar="ID[=PATH_OR_HUB_ID]",
                         help="serve this model under ID (repeatable); default: the app's default models")
-    parser.add_argument("--concurrency", type=int, default=1, help="requests one model runs at once (default 1)")
-    parser.add_argument("--queue", type=int, default=8, help="requests that may wait per model before 503 (default 8)")
+    parser.add_argument("--concurrency", type=_count(1), default=1,
+                        help="requests (or batches) one model runs at once (default 1)")
+    parser.add_argument("--queue", type=_count(0), default=8,
+                        help="requests that may wait per model, beyond those running, before 503 (default 8)")
+    parser.add_argument("--max-batch-size", type=_count(1), default=DEFAULT_MAX_BATCH_SIZE,
+                        help="whole answers to one model that arrive together run as one batch of up to this many; "
+                             f"1 turns batching off; streams never wait for a batch (default {DEFAULT_MAX_BATCH_SIZE})")
+    parser.add_argument("--max-wait-ms", type=_milliseconds, default=DEFAULT_MAX_WAIT_MS,
+                        help="how long a batch's first request waits for others (default %(default)s)")
     parser.add_argument("--max-body-mb", type=float, default=MAX_BODY_BYTES / 2**20, help="request body limit in MB")
     parser.add_argument("--no-preload", action="store_true", help="load models on first request, not at startup")
+    ray = parser.add_argument_group("Ray Serve", "serve with Ray Serve replicas (pip install -r requirements-ray.txt)")
+    ray.add_argument("--ray", action="store_true", help="serve on Ray Serve: each replica runs this server")
+    ray.add_argument("--ray-address", metavar="ADDRESS",
+                     help="join this Ray cluster (ray start --head prints it; 'auto' finds a local one); "
+                          "default: start a one-machine cluster")
+    ray.add_argument("--replicas", type=_count(1), default=1, help="replicas, without autoscaling (default 1)")
+    ray.add_argument("--min-replicas", type=_count(0), help="autoscale from this many replicas")
+    ray.add_argument("--max-replicas", type=_count(1), help="autoscale up to this many replicas")
+    ray.add_argument("--target-ongoing-requests", type=float, metavar="N",
+                     help="autoscale towards N requests in flight per replica")
+    ray.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs each replica reserves (default 1)")
+    ray.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs each replica reserves (default 0)")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="exit when the process that started this one is gone (used by the app)")
@@ -85,9 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.exit_with_parent:
         _exit_with_parent()
-    app = create_app(_parse_models(args.model), settings=settings, concurrency=args.concurrency,
-                     queue_size=args.queue, max_body_bytes=int(args.max_body_mb * 2**20),
-                     preload=not args.no_preload)
+    app_options = {"concurrency": args.concurrency, "queue_size": args.queue, "max_batch_size": args.max_batch_size,
+                   "max_wait_ms": args.max_wait_ms, "max_body_bytes": int(args.max_body_mb * 2**20),
+                   "preload": not args.no_preload}
+    if args.ray:
+        return _serve_on_ray(args, settings, app_options)
+    if args.ray_address or args.min_replicas is not None or args.max_replicas is not None or args.replicas != 1:
+        parser.error("--ray-address and the replica options need --ray")
+    app = create_app(_parse_models(args.model), settings=settings, **app_options)
     import uvicorn
 
     # access_log off: our own line per request says the same without risking anything sensitive. Open event
@@ -95,6 +150,24 @@ def main(argv: list[str] | None = None) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                 http=http_protocol(), timeout_graceful_shutdown=SHUTDOWN_GRACE)
     return 0
+
+
+def _serve_on_ray(args: argparse.Namespace, settings: Settings, app_options: dict) -> int:
+    try:
+        from . import ray_serve
+    except ImportError as exc:
+        print(f"error: --ray needs Ray Serve ({exc}): pip install -r requirements-ray.txt", file=sys.stderr)
+        return 2
+    serve_options = ray_serve.ServeOptions(
+        replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+        target_ongoing_requests=args.target_ongoing_requests, replica_cpus=args.replica_cpus,
+        replica_gpus=args.replica_gpus)
+    if serve_options.autoscaling and args.replicas != 1:
+        print("error: use --replicas or the autoscaling options (--min-replicas, --max-replicas, "
+              "--target-ongoing-requests), not both", file=sys.stderr)
+        return 2
+    return ray_serve.run(_parse_models(args.model), host=args.host, port=args.port, address=args.ray_address,
+                         settings=settings, serve_options=serve_options, **app_options)
 
 
 if __name__ == "__main__":
