@@ -58,10 +58,11 @@ test-ray: dev $(RAY_VENV)/.installed
 demo-models: install
 	HF_HUB_OFFLINE=1 $(PY) -m inference.demo_models $(DEMO_MODELS)
 
-bench: dev
+bench: dev $(RAY_VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) bench/local_overhead.py
 	HF_HUB_OFFLINE=1 $(PY) bench/remote_overhead.py
 	HF_HUB_OFFLINE=1 $(PY) bench/endpoints.py
+	HF_HUB_OFFLINE=1 RAY_PYTHON=$(RAY_VENV)/bin/python $(PY) bench/serving.py
 
 # The README's screenshots, taken by the browser test.
 screenshots: dev

@@ -53,7 +53,6 @@ def test_the_app_defaults_to_the_bundled_model_offline(bundled, monkeypatch):
     assert "Paris" in page_text(at)
 
 
-
 def test_a_batch_of_prompts_gets_each_prompts_own_greedy_answer(bundled, session_engine):
     """Left padding changes nothing a greedy request gets, on real weights (a batching server, 4 at once)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +64,7 @@ def test_a_batch_of_prompts_gets_each_prompts_own_greedy_answer(bundled, session
     local = load_model(bundled, task="text-generation", backend="local", engine=session_engine)
     expected = [local(prompt, max_new_tokens=16).text for prompt in prompts]
     app = create_app({"smollm2": bundled}, settings=Settings(server_tokens=(TOKEN,)), max_batch_size=4,
-                     max_wait_ms=500)
+                     max_wait_ms=60_000)  # the batch closes when the four are in
 
     def ask(prompt: str) -> httpx.Response:
         return httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120,

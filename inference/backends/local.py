@@ -178,6 +178,12 @@ class _Generation:
         fixes its own draws, not a batch's."""
         if self.params.seed is not None:
             return (id(self),)
+        # A repetition penalty (the request's or the model's) counts every id of the input, padding included, and
+        # so does no_repeat_ngram_size: such generations batch with prompts of their own length only.
+        config = self.loaded.model.generation_config
+        pads = pads and self.params.repetition_penalty in (None, 1.0) and (
+            getattr(config, "repetition_penalty", None) in (None, 1.0)
+            and not getattr(config, "no_repeat_ngram_size", None))
         shapes = tuple(sorted((name, tuple(value.shape[1:] if pads and name in _TOKEN_INPUTS else value.shape))
                               for name, value in self.inputs.items()))
         return (self.params, shapes)
@@ -264,15 +270,22 @@ def _together(items: list[Any], key: Callable[[Any], Any], run_group: Callable[[
     groups: dict[Any, list[int]] = {}
     for index, item in enumerate(items):
         if not isinstance(item, BaseException):
-            groups.setdefault(key(item), []).append(index)
+            try:
+                group = key(item)
+            except Exception:  # an input no group can describe runs alone
+                group = ("alone", index)
+            groups.setdefault(group, []).append(index)
     for indices in groups.values():
         members = [items[index] for index in indices]
-        try:
-            with _runtime_errors():
-                answers = run_group(members) if len(members) > 1 else [alone(members[0])]
-        except Exception as exc:
-            log.warning("a batch of %d failed (%s): running its requests one at a time", len(members), exc)
+        if len(members) == 1:
             answers = _each(alone, members)
+        else:
+            try:
+                with _runtime_errors():
+                    answers = run_group(members)
+            except Exception as exc:
+                log.warning("a batch of %d failed (%s): running its requests one at a time", len(members), exc)
+                answers = _each(alone, members)
         for index, answer in zip(indices, answers):
             outcomes[index] = answer
     return outcomes

@@ -101,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue", type=_count(0), default=8,
                         help="requests that may wait per model, beyond those running, before 503 (default 8)")
     parser.add_argument("--max-batch-size", type=_count(1), default=DEFAULT_MAX_BATCH_SIZE,
-                        help="whole answers to one model that arrive together run as one batch of up to this many; "
+                        help="whole answers to one model that wait together run as one batch of up to this many; "
                              f"1 turns batching off; streams never wait for a batch (default {DEFAULT_MAX_BATCH_SIZE})")
     parser.add_argument("--max-wait-ms", type=_milliseconds, default=DEFAULT_MAX_WAIT_MS,
-                        help="how long a batch's first request waits for others (default %(default)s)")
+                        help="how long a batch's first request waits for others to join; 0 batches what queued "
+                             "while the model was busy, adding no latency (default %(default)g)")
     parser.add_argument("--max-body-mb", type=float, default=MAX_BODY_BYTES / 2**20, help="request body limit in MB")
     parser.add_argument("--no-preload", action="store_true", help="load models on first request, not at startup")
     ray = parser.add_argument_group("Ray Serve", "serve with Ray Serve replicas (pip install -r requirements-ray.txt)")

@@ -150,7 +150,7 @@ class HFService:
         facts = served.describe(self.service.engine)
         return {"model_id": served.id, "model_sha": None, "model_pipeline_tag": "text-generation",
                 "model_dtype": facts["dtype"], "model_device_type": facts["device"],
-                "max_concurrent_requests": served.gate.concurrency + served.gate.queue_size,
+                "max_concurrent_requests": served.gate.places,
                 "router": "inference-studio", "version": "1"}
 
     # ------------------------------------------------------------------ encode

@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,7 +109,8 @@ class Prediction:
         facts = outcome.facts if isinstance(outcome, StreamHandle) else outcome
         loads = [wait for wait in (self.load_wait_ms, facts.load_ms) if wait is not None]
         inference = None if isinstance(outcome, StreamHandle) else Timings.from_raw(outcome).total_ms
-        descriptions = {"batch": f"{self.batch_size} requests"} if self.batch_size is not None else {}
+        descriptions = {} if self.batch_size is None else {
+            "batch": f"{self.batch_size} request{'s' if self.batch_size != 1 else ''}"}
         return _server_timing(descriptions, inference=inference, queue=queue_ms, batch=self.batch_ms,
                               load=sum(loads) if loads else None)
 
@@ -297,6 +298,15 @@ class InferenceService:
     def batchable(self, call: Call) -> bool:
         """Whether ``call`` may join a batch: a whole answer from a served model (a stream starts at once, alone)."""
         return call.served is not None and not call.stream
+
+    @staticmethod
+    def batch_key(call: Call) -> Hashable:
+        """Which calls may share a batch: text runs one ``generate`` a batch, so the same generation parameters (a
+        seeded call alone: its seed fixes its own draws); images of any parameters share one forward."""
+        parameters = call.request.parameters
+        if not call.request.spec.codec.streams:
+            return None
+        return id(call) if getattr(parameters, "seed", None) is not None else parameters
 
     def predict_batch(self, calls: list[Call]) -> list[Prediction | Exception]:
         """Run calls to one served model and task together (``LocalBackend.run_batch``); each call's prediction or

@@ -61,10 +61,10 @@ class ReplicaHeader:
 class ProxyErrors:
     """Pure ASGI middleware for Ray Serve's proxy: its own failures become the protocol's JSON errors.
 
-    The proxy answers a plain-text 503 when its queue is full (backpressure), and gives up without an answer (uvicorn
-    then says a plain 500) when the replica running a request dies; our replicas answer JSON. Here the first is ``busy`` and the second
-    ``upstream_error`` (502), both with ``Retry-After``, both sent again by the studio's client: inference changes
-    nothing on a server.
+    The proxy answers a plain-text 503 when its queue is full (backpressure), and gives up without an answer
+    (uvicorn then says a plain 500) when the replica running a request dies; our replicas answer JSON. Here the
+    first is ``busy`` and the second ``upstream_error`` (502), both with ``Retry-After``, both sent again by the
+    studio's client: inference changes nothing on a server.
     """
 
     def __init__(self, app: Any) -> None:
@@ -167,12 +167,17 @@ def app_builder(args: dict[str, str]):
     (or a Serve config file's ``import_path``): the same application from ``key=value`` arguments."""
     models = dict(item.partition("=")[::2] for item in args.get("models", "").split(",") if item)
     models = {model_id: source or model_id for model_id, source in models.items()}
+    known = {"models", "replicas", "min_replicas", "max_replicas", "target_ongoing_requests", "replica_cpus",
+             "replica_gpus", "concurrency", "queue_size", "max_batch_size", "max_wait_ms"}
+    if unknown := sorted(set(args) - known):
+        raise ValueError(f"unknown arguments {', '.join(unknown)}: use {', '.join(sorted(known))}")
     numbers = {key: float(value) for key, value in args.items() if key != "models"}
     serve_options = ServeOptions(
         replicas=int(numbers.get("replicas", 1)),
         min_replicas=int(numbers["min_replicas"]) if "min_replicas" in numbers else None,
         max_replicas=int(numbers["max_replicas"]) if "max_replicas" in numbers else None,
         target_ongoing_requests=numbers.get("target_ongoing_requests"),
+        replica_cpus=numbers.get("replica_cpus", 1.0), replica_gpus=numbers.get("replica_gpus", 0.0),
     )
     app_options = {key: int(numbers[key]) for key in ("concurrency", "queue_size", "max_batch_size") if key in numbers}
     if "max_wait_ms" in numbers:
@@ -186,29 +191,29 @@ def run(models: dict[str, str], *, host: str, port: int, address: str | None, se
         serve_options: ServeOptions, **app_options: Any) -> int:
     """Start (or join, with ``address``) a Ray cluster, serve ``models`` on ``host:port`` and block until stopped.
 
-    Without ``address`` this process starts a one-machine cluster; on a loopback ``host`` it stays on 127.0.0.1
-    (Ray would otherwise announce the machine's own address). Replicas on this machine import ``inference`` from
-    this checkout; on a cluster every node needs it installed (or a ``working_dir`` runtime environment).
+    Without ``address`` this process starts a one-machine cluster that announces 127.0.0.1 (Ray would otherwise
+    announce the machine's own address for its internal services); only the HTTP proxy listens on ``host``. On
+    SIGTERM or Ctrl-C it stops that cluster; a joined cluster keeps running, without this application.
+    Replicas on this machine import ``inference`` from this checkout; on a cluster every node needs it installed
+    (or a ``working_dir`` runtime environment).
     """
     import ray
-
-    # Ray's processes on this machine inherit this environment: they find ``inference`` and the proxy takes its
-    # middlewares from here (Ray Serve reads the callback's path from its environment).
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (_PROJECT_ROOT, os.environ.get("PYTHONPATH"))))
-    os.environ.setdefault(PROXY_CALLBACK_VARIABLE, PROXY_CALLBACK)
-    runtime_env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"], PROXY_CALLBACK_VARIABLE: PROXY_CALLBACK}}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
-    else:
-        loopback = host in ("127.0.0.1", "localhost", "::1")
-        ray.init(runtime_env=runtime_env, include_dashboard=False, logging_level=logging.WARNING,
-                 **({"_node_ip_address": "127.0.0.1"} if loopback else {}))
 
     def stop(signum, frame) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    # Ray's processes on this machine inherit this environment: they find ``inference`` and the proxy takes its
+    # middlewares from here (Ray Serve reads the callback's path from its environment).
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (_PROJECT_ROOT, os.environ.get("PYTHONPATH"))))
+    os.environ.setdefault(PROXY_CALLBACK_VARIABLE, PROXY_CALLBACK)
+    runtime_env = {"env_vars": {name: os.environ[name] for name in ("PYTHONPATH", PROXY_CALLBACK_VARIABLE)}}
     try:
+        if address:
+            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        else:
+            ray.init(runtime_env=runtime_env, include_dashboard=False, logging_level=logging.WARNING,
+                     _node_ip_address="127.0.0.1")
         serve.start(http_options={"host": host, "port": port})
         serve.run(build(models, settings=settings, serve_options=serve_options, **app_options), name=APP_NAME,
                   route_prefix="/", blocking=False)
@@ -217,6 +222,12 @@ def run(models: dict[str, str], *, host: str, port: int, address: str | None, se
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if ray.is_initialized():
+            if address:
+                serve.delete(APP_NAME)  # the cluster and its other applications stay
+            else:
+                serve.shutdown()
+            ray.shutdown()
     return 0
