@@ -11,7 +11,7 @@ ratios the targets are about:
 - no 500 at any level.
 The Ray rows need Ray Serve's venv (``make ray``; ``RAY_PYTHON`` or ``~/.cache/inference-studio/ray-venv``).
 
-    python bench/serving.py [--levels 1,4,16,64] [--requests 16]
+    python bench/serving.py [--levels 1,4,16,64] [--requests 16] [--servers batched,ray-1] [--max-wait-ms 0]
 """
 
 from __future__ import annotations
@@ -165,10 +165,12 @@ def run_server(kind: str, models: dict[str, str], levels: list[int], per_client:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global MAX_WAIT_MS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", default="1,4,16,64")
     parser.add_argument("--requests", type=int, default=16, help="requests per client per level (at least 48)")
     parser.add_argument("--servers", default="unbatched,batched,ray-1,ray-2,serve-batch")
+    parser.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS, help="the batchers' wait (ours and Ray's)")
     parser.add_argument("--load", nargs=4, metavar=("URL", "TASK", "CLIENTS", "TOTAL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.load:
@@ -178,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from inference.demo_models import build_demo_models
 
+    MAX_WAIT_MS = args.max_wait_ms
     levels = [int(level) for level in args.levels.split(",")]
     kinds = args.servers.split(",")
     if not Path(RAY_PYTHON).is_file():
