@@ -22,8 +22,6 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-
 from .gate import Admission, Gate
 from .http import ApiError
 
@@ -136,9 +134,18 @@ class Batcher:
             if batch is None:  # everyone left while the slot was awaited
                 self.gate.give_slot()
                 continue
-            task = asyncio.create_task(self._run(*batch), name=f"batch-{self.name}")
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._start(*batch)
+
+    def _start(self, opened: float, batch: list[Queued]) -> None:
+        """Hand the batch to a worker thread at once (no event-loop turn in between: a loop busy reading other
+        requests would make the model wait), and deliver its answers when it is done."""
+        closed = time.perf_counter()
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
+        work = asyncio.get_running_loop().run_in_executor(None, self.run_batch, [queued.call for queued in batch])
+        task = asyncio.ensure_future(self._deliver(work, opened, closed, batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def _collect(self) -> tuple[float, list[Queued]] | None:
         """The next batch, once the gate's slot is ours: the oldest request and those of its key that join it in
@@ -189,13 +196,10 @@ class Batcher:
             self._queue.popleft()
         return bool(self._queue)
 
-    async def _run(self, opened: float, batch: list[Queued]) -> None:
-        closed = time.perf_counter()
+    async def _deliver(self, work: asyncio.Future, opened: float, closed: float, batch: list[Queued]) -> None:
         try:
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
             try:
-                outcomes = await run_in_threadpool(self.run_batch, [queued.call for queued in batch])
+                outcomes = await work
             except Exception as exc:  # the batch as a whole (its model failed to load): every request's failure
                 outcomes = [exc] * len(batch)
             for queued, outcome in zip(batch, outcomes):

@@ -113,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     ray.add_argument("--ray-address", metavar="ADDRESS",
                      help="join this Ray cluster (ray start --head prints it; 'auto' finds a local one); "
                           "default: start a one-machine cluster")
-    ray.add_argument("--replicas", type=_count(1), default=1, help="replicas, without autoscaling (default 1)")
+    ray.add_argument("--replicas", type=_count(1), help="replicas, without autoscaling (default 1)")
     ray.add_argument("--min-replicas", type=_count(0), help="autoscale from this many replicas")
     ray.add_argument("--max-replicas", type=_count(1), help="autoscale up to this many replicas")
     ray.add_argument("--target-ongoing-requests", type=float, metavar="N",
                      help="autoscale towards N requests in flight per replica")
-    ray.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs each replica reserves (default 1)")
-    ray.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs each replica reserves (default 0)")
+    ray.add_argument("--replica-cpus", type=float, help="CPUs each replica reserves (default 1)")
+    ray.add_argument("--replica-gpus", type=float, help="GPUs each replica reserves (default 0)")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="exit when the process that started this one is gone (used by the app)")
@@ -141,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                    "preload": not args.no_preload}
     if args.ray:
         return _serve_on_ray(args, settings, app_options)
-    if args.ray_address or args.min_replicas is not None or args.max_replicas is not None or args.replicas != 1:
-        parser.error("--ray-address and the replica options need --ray")
+    ray_only = ("ray_address", "replicas", "min_replicas", "max_replicas", "target_ongoing_requests", "replica_cpus",
+                "replica_gpus")
+    if given := [f"--{name.replace('_', '-')}" for name in ray_only if getattr(args, name) is not None]:
+        parser.error(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --ray")
     app = create_app(_parse_models(args.model), settings=settings, **app_options)
     import uvicorn
 
@@ -160,10 +162,11 @@ def _serve_on_ray(args: argparse.Namespace, settings: Settings, app_options: dic
         print(f"error: --ray needs Ray Serve ({exc}): pip install -r requirements-ray.txt", file=sys.stderr)
         return 2
     serve_options = ray_serve.ServeOptions(
-        replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
-        target_ongoing_requests=args.target_ongoing_requests, replica_cpus=args.replica_cpus,
-        replica_gpus=args.replica_gpus)
-    if serve_options.autoscaling and args.replicas != 1:
+        replicas=args.replicas or 1, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+        target_ongoing_requests=args.target_ongoing_requests,
+        replica_cpus=1.0 if args.replica_cpus is None else args.replica_cpus,
+        replica_gpus=0.0 if args.replica_gpus is None else args.replica_gpus)
+    if serve_options.autoscaling and args.replicas is not None:
         print("error: use --replicas or the autoscaling options (--min-replicas, --max-replicas, "
               "--target-ongoing-requests), not both", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ from ..tasks import get_task
 from ..types import Raw
 from ..wire import Payload, Spec, code_of_error, error_body
 from .http import ApiError, EventStream, ProtocolJSON, parse_json, sse_event, validate_body
-from .pipeline import Call, InferenceService, Prediction, ServedModel
+from .pipeline import Call, InferenceService, Prediction, ServedModel, decoded_request
 
 __all__ = ["HFService", "TGIRequest"]
 
@@ -140,7 +140,7 @@ class HFService:
                                                 "the body, with an image Content-Type)") from None
             parameters = body.parameters
         self.service.check_task(served, task)
-        request = await run_in_threadpool(make_request, task, image, None, parameters,
+        request = await run_in_threadpool(decoded_request, task, image, None, parameters,
                                           max_pixels=self.service.settings.max_image_pixels, formats=WIRE_FORMATS)
         return _call(served, task.name, request, False), None
 

@@ -27,7 +27,7 @@ from ..tasks import get_task
 from ..types import Raw
 from ..wire import Payload, Spec, code_of_error, error_body
 from .http import ApiError, EventStream, ProtocolJSON, sse_event, validate_body
-from .pipeline import Call, InferenceService, Prediction
+from .pipeline import Call, InferenceService, Prediction, decoded_request
 
 __all__ = ["ChatRequest", "CompletionRequest", "OpenAIService"]
 
@@ -134,7 +134,7 @@ class OpenAIService:
                                                 f"{', '.join(served.tasks) or 'no supported task'}): send text only, "
                                                 "or pick a vision-language model")
             task = get_task("image-text-to-text")
-            request = await run_in_threadpool(make_request, task, images[0], texts[0]["content"] or None,
+            request = await run_in_threadpool(decoded_request, task, images[0], texts[0]["content"] or None,
                                               chat.parameters(chat=True), max_pixels=self._max_pixels,
                                               formats=WIRE_FORMATS)
         else:

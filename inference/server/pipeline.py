@@ -36,7 +36,7 @@ from ..wire import Spec, code_of_error, dumps, error_body
 from .gate import Gate
 from .http import ApiError, EventStream, ProtocolJSON, header_value, sse_event
 
-__all__ = ["Call", "InferenceService", "Prediction", "ServedModel"]
+__all__ = ["Call", "InferenceService", "Prediction", "ServedModel", "decoded_request"]
 
 log = logging.getLogger("inference.server")
 
@@ -187,8 +187,8 @@ class InferenceService:
         prompt = spec.payload.inputs if task.image == "required" else None
         extra_image = image_bytes if task.image == "none" else None
         validated = await run_in_threadpool(
-            make_request, task, inputs, prompt, spec.payload.parameters, image=extra_image,
-            max_pixels=self.settings.max_image_pixels, formats=WIRE_FORMATS,
+            decoded_request, task, inputs, prompt, spec.payload.parameters, image=extra_image,
+            max_pixels=self.settings.max_image_pixels, formats=WIRE_FORMATS, decode=served is not None,
         )
         stream = "text/event-stream" in request.headers.get("accept", "")
         if stream and not task.codec.streams:
@@ -381,6 +381,17 @@ class InferenceService:
         """Stop generating for every open stream (the server is stopping)."""
         for handle in list(self.streams):
             handle.cancel()
+
+
+def decoded_request(task: TaskSpec, inputs: Any, prompt: str | None, parameters: Any, *, decode: bool = True,
+                    **options: Any) -> InferenceRequest:
+    """``make_request``, and the image's pixels decoded too when the request runs here (``decode``): in the
+    request's own worker thread, beside other requests, and not on the model's time (a batch would decode its
+    images one after another). Bytes that are no image fail here, before the request waits for the model."""
+    request = make_request(task, inputs, prompt, parameters, **options)
+    if decode and task.image != "none":
+        request.image  # noqa: B018 (decodes once; ImageData keeps it)
+    return request
 
 
 def _server_timing(descriptions: dict[str, str], **durations: float | None) -> str:

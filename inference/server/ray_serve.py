@@ -61,11 +61,19 @@ class ReplicaHeader:
 class ProxyErrors:
     """Pure ASGI middleware for Ray Serve's proxy: its own failures become the protocol's JSON errors.
 
-    The proxy answers a plain-text 503 when its queue is full (backpressure), and gives up without an answer
-    (uvicorn then says a plain 500) when the replica running a request dies; our replicas answer JSON. Here the
-    first is ``busy`` and the second ``upstream_error`` (502), both with ``Retry-After``, both sent again by the
-    studio's client: inference changes nothing on a server.
+    The proxy answers a plain-text 503 when its queue is full (backpressure) and a plain-text 404 before the
+    application is deployed, and gives up without an answer (uvicorn then says a plain 500) when the replica
+    running a request dies; our replicas answer JSON. Here these are ``busy`` and ``model_loading`` (503) and
+    ``upstream_error`` (502), all with ``Retry-After``, all sent again by the studio's client: inference changes
+    nothing on a server.
     """
+
+    #: The proxy's own plain-text answers, and what they mean here. Our app answers every path (JSON 404s
+    #: included), so the proxy's 404 means the application is not deployed yet: the server is starting.
+    REWRITES = {
+        404: ("model_loading", "the server is starting (its replicas are not up yet): retry shortly"),
+        503: ("busy", "every replica is busy and the queue in front of them is full: retry shortly"),
+    }
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -73,20 +81,20 @@ class ProxyErrors:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started = replaced = False
+        started = False
+        replaced: tuple[str, str] | None = None
 
         async def checked_send(message) -> None:
             nonlocal started, replaced
             if message["type"] == "http.response.start":
                 content_type = dict(message.get("headers", [])).get(b"content-type", b"")
-                if message["status"] == 503 and not content_type.startswith(b"application/json"):
-                    replaced = True
+                if message["status"] in self.REWRITES and not content_type.startswith(b"application/json"):
+                    replaced = self.REWRITES[message["status"]]
                     return
                 started = True
             elif replaced:
                 if not message.get("more_body", False):
-                    await error_response("busy", "every replica is busy and the queue in front of them is full: "
-                                                 "retry shortly")(scope, receive, send)
+                    await error_response(*replaced)(scope, receive, send)
                 return
             await send(message)
 
@@ -191,9 +199,10 @@ def run(models: dict[str, str], *, host: str, port: int, address: str | None, se
         serve_options: ServeOptions, **app_options: Any) -> int:
     """Start (or join, with ``address``) a Ray cluster, serve ``models`` on ``host:port`` and block until stopped.
 
-    Without ``address`` this process starts a one-machine cluster that announces 127.0.0.1 (Ray would otherwise
-    announce the machine's own address for its internal services); only the HTTP proxy listens on ``host``. On
-    SIGTERM or Ctrl-C it stops that cluster; a joined cluster keeps running, without this application.
+    Without ``address`` this process starts a one-machine cluster (Ray 2.60 announces the machine's address for
+    its internal services even when asked for 127.0.0.1; its token auth guards them); the HTTP proxy listens on
+    ``host``. On SIGTERM or Ctrl-C it stops that cluster; a joined cluster keeps running, without this
+    application.
     Replicas on this machine import ``inference`` from this checkout; on a cluster every node needs it installed
     (or a ``working_dir`` runtime environment).
     """
@@ -212,8 +221,8 @@ def run(models: dict[str, str], *, host: str, port: int, address: str | None, se
         if address:
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
         else:
-            ray.init(runtime_env=runtime_env, include_dashboard=False, logging_level=logging.WARNING,
-                     _node_ip_address="127.0.0.1")
+            ray.init(runtime_env=runtime_env, include_dashboard=False, logging_level=logging.WARNING)
+        signal.signal(signal.SIGTERM, stop)  # again: ray.init installs a handler of its own (a stack dump)
         serve.start(http_options={"host": host, "port": port})
         serve.run(build(models, settings=settings, serve_options=serve_options, **app_options), name=APP_NAME,
                   route_prefix="/", blocking=False)
