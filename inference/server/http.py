@@ -87,9 +87,13 @@ async def until_answered(request: Request, answer: asyncio.Future[Any], leave: C
 
 
 async def _disconnected(request: Request) -> None:
-    """Returns when the client closes the connection (ASGI's ``http.disconnect``, once the body is read)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    """Returns when the client closes the connection (ASGI's ``http.disconnect``, once the body is read); never,
+    when the server cannot tell (then the request simply waits for its answer)."""
+    try:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+    except Exception:
+        await asyncio.Event().wait()
 
 
 class ProtocolJSON(JSONResponse):
