@@ -1,6 +1,6 @@
 """The package's shape: layers that only import downwards, and no import circle, lazy imports included.
 
-    core      errors, settings, tasks, codecs, types, images, wire, annotate, request
+    core      errors, settings, tasks, codecs, types, images, wire, annotate, request, video
     backends  backends.*            (core)
     engine    engine                (core, backends)
     model     model                 (core, backends, engine)
@@ -14,7 +14,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "inference"
 
-CORE = {"errors", "settings", "tasks", "codecs", "types", "images", "wire", "annotate", "request"}
+CORE = {"errors", "settings", "tasks", "codecs", "types", "images", "wire", "annotate", "request", "video"}
 
 
 def _layer(module: str) -> int:

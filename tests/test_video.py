@@ -1,0 +1,137 @@
+"""Video files: decoding frame by frame with clear errors, tracking, the detector on every frame, and encoding for
+browsers (clips built on the spot with PyAV)."""
+
+from __future__ import annotations
+
+import numpy as np
+import psutil
+import pytest
+import supervision as sv
+
+from inference import load_model
+from inference.annotate import annotate_detections, labels_for
+from inference.errors import InvalidInput
+from inference.video import Tracker, VideoReader, VideoWriter
+
+
+def _moving_square(index: int, size=(160, 120)) -> np.ndarray:
+    width, height = size
+    image = np.full((height, width, 3), 30, dtype=np.uint8)
+    x = 10 + 3 * index
+    image[40:80, x:x + 40] = (220, 180, 40)
+    return image
+
+
+@pytest.fixture
+def clip(tmp_path):
+    """Two seconds at 15 frames/s: a square moving right, as H.264 MP4."""
+    path = tmp_path / "clip.mp4"
+    with VideoWriter(path, 15) as writer:
+        for index in range(30):
+            writer.write(_moving_square(index))
+    return path
+
+
+def test_a_written_clip_reads_back_frame_by_frame(clip, tmp_path):
+    with VideoReader(clip) as reader:
+        assert (reader.info.width, reader.info.height, round(reader.info.fps)) == (160, 120, 15)
+        assert reader.info.codec == "h264"
+        frames = list(reader.frames())
+    assert [frame.index for frame in frames] == list(range(30))
+    assert frames[0].image.shape == (120, 160, 3) and frames[-1].time_s == pytest.approx(29 / 15, abs=0.01)
+    assert np.abs(frames[5].image.astype(int) - _moving_square(5)).mean() < 8  # lossy, but the same picture
+    # Every other frame, scaled down; and VP9 WebM as well as H.264 MP4.
+    webm = tmp_path / "out.webm"
+    with VideoReader(clip) as reader, VideoWriter(webm, reader.info.fps / 2) as writer:
+        for frame in reader.frames(stride=2, max_edge=80):
+            assert frame.image.shape == (60, 80, 3)
+            writer.write(frame.image)
+    with VideoReader(webm) as reader:
+        assert reader.info.codec == "vp9" and len(list(reader.frames())) == 15
+
+
+@pytest.mark.parametrize(("data", "fragment"), [
+    (b"", "is empty"),
+    (b"this is not a video at all" * 40, "not a video FFmpeg can read"),
+])
+def test_files_that_are_no_video_say_so(data, fragment):
+    with pytest.raises(InvalidInput, match=fragment):
+        VideoReader(data)
+
+
+def test_limits_on_size_and_length(clip):
+    with pytest.raises(InvalidInput, match="over the 0 MB limit"):
+        VideoReader(clip, max_bytes=100)
+    with pytest.raises(InvalidInput, match=r"lasts 2 s, over the 1 s limit"):
+        VideoReader(clip, max_seconds=1)
+
+
+def test_a_truncated_clip_gives_what_it_has_or_a_clear_error(clip):
+    data = clip.read_bytes()
+    try:
+        with VideoReader(data[: len(data) // 2]) as reader:
+            frames = list(reader.frames())
+        assert len(frames) < 30
+    except InvalidInput as exc:
+        assert "MP4, WebM or MOV" in str(exc) or "re-encode" in str(exc)
+
+
+def test_stopping_mid_clip_closes_the_file(clip):
+    reader = VideoReader(clip)
+    frames = reader.frames()
+    next(frames)
+    assert any(file.path == str(clip) for file in psutil.Process().open_files())
+    frames.close()  # a Stop button: the loop ends early
+    assert not any(file.path == str(clip) for file in psutil.Process().open_files())
+
+
+def test_decoding_a_long_clip_keeps_memory_flat(tmp_path):
+    path = tmp_path / "long.mp4"
+    with VideoWriter(path, 30) as writer:
+        for index in range(600):
+            writer.write(_moving_square(index % 40, size=(320, 240)))
+    process = psutil.Process()
+    with VideoReader(path) as reader:
+        frames = reader.frames()
+        for _ in range(100):
+            next(frames)
+        early = process.memory_info().rss
+        count = 100 + sum(1 for _ in frames)
+    assert count == 600
+    assert process.memory_info().rss - early < 30 * 2**20  # 500 more frames of 230 kB each would be 115 MB
+
+
+def test_a_box_moving_across_frames_keeps_one_track_id():
+    tracker = Tracker(fps=15)
+    ids = []
+    for index in range(20):
+        x = 10.0 + 6 * index
+        detections = sv.Detections(xyxy=np.array([[x, 40.0, x + 40, 80.0]]), confidence=np.array([0.9]),
+                                   class_id=np.array([0]))
+        tracked = tracker.update(detections)
+        ids.extend(tracked.tracker_id.tolist())
+    assert len(ids) >= 19 and len(set(ids)) == 1
+
+
+def test_the_detector_runs_tracks_and_annotates_a_clip(clip, demo_dir, session_engine, tmp_path):
+    det = load_model(demo_dir["object-detection"], task="object-detection", backend="local", engine=session_engine)
+    out = tmp_path / "annotated.mp4"
+    results = []
+    with VideoWriter(out, 15 / 2) as writer:
+        for frame in det.video(clip, threshold=0.3, stride=2):
+            labels = labels_for(frame.result.detections)
+            if len(frame.result.detections):
+                assert frame.result.detections.tracker_id is not None and all(label.startswith("#") for label in labels)
+            writer.write(np.asarray(annotate_detections(frame.image, frame.result.detections)))
+            results.append(frame)
+    assert [frame.index for frame in results] == list(range(0, 30, 2))
+    assert all(frame.result.timings.total_ms > 0 for frame in results)
+    assert sum(len(frame.result.detections) for frame in results) > 0
+    with VideoReader(out) as reader:
+        assert len(list(reader.frames())) == 15
+
+
+def test_video_is_for_detection_models(demo_dir, session_engine, clip):
+    text = load_model(demo_dir["text-generation"], task="text-generation", backend="local", engine=session_engine)
+    with pytest.raises(InvalidInput, match="video runs object detection"):
+        next(text.video(clip))
