@@ -63,6 +63,7 @@ bench: dev $(RAY_VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) bench/remote_overhead.py
 	HF_HUB_OFFLINE=1 $(PY) bench/endpoints.py
 	HF_HUB_OFFLINE=1 RAY_PYTHON=$(RAY_VENV)/bin/python $(PY) bench/serving.py
+	HF_HUB_OFFLINE=1 $(PY) bench/video.py
 
 # The README's screenshots, taken by the browser test.
 screenshots: dev

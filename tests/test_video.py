@@ -135,3 +135,16 @@ def test_video_is_for_detection_models(demo_dir, session_engine, clip):
     text = load_model(demo_dir["text-generation"], task="text-generation", backend="local", engine=session_engine)
     with pytest.raises(InvalidInput, match="video runs object detection"):
         next(text.video(clip))
+
+
+def test_a_remote_detector_keeps_frames_in_flight_and_answers_in_order(clip, remote_settings, session_engine):
+    det = load_model("det", task="object-detection", backend="remote", settings=remote_settings,
+                     engine=session_engine)
+    one_at_a_time = list(det.video(clip, threshold=0.3, in_flight=1))
+    pipelined = list(det.video(clip, threshold=0.3))  # 4 in flight on a remote backend
+    assert [frame.index for frame in pipelined] == list(range(30))
+    for alone, together in zip(one_at_a_time, pipelined):
+        np.testing.assert_allclose(alone.result.detections.xyxy, together.result.detections.xyxy, atol=0.01)
+        assert list(alone.result.detections.tracker_id) == list(together.result.detections.tracker_id)
+    with pytest.raises(InvalidInput, match="in_flight"):
+        next(det.video(clip, in_flight=0))
