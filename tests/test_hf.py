@@ -9,19 +9,16 @@ import numpy as np
 import pytest
 from huggingface_hub import InferenceClient, constants
 
-from conftest import TOKEN, serve, served_demo_models, wait_loaded
+from conftest import TOKEN
 from inference import InvalidInput, Settings, load_model
-from inference.server import create_app
 
 PROMPT = "Once upon a time"
 
 
-@pytest.fixture(scope="module")
-def base_url(demo_dir):
-    app = create_app(served_demo_models(demo_dir), settings=Settings(server_tokens=(TOKEN,)), concurrency=2)
-    with serve(app) as url:
-        wait_loaded(url, 4)
-        yield url
+@pytest.fixture
+def base_url(server_url):
+    """The session's reference server (conftest's ``server_url``: the four demo models, token-protected)."""
+    return server_url
 
 
 @pytest.fixture

@@ -9,19 +9,15 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import TOKEN, serve, served_demo_models, wait_loaded
-from inference import Settings
-from inference.server import create_app
+from conftest import TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture(scope="module")
-def url(demo_dir):
-    app = create_app(served_demo_models(demo_dir), settings=Settings(server_tokens=(TOKEN,)), concurrency=2)
-    with serve(app) as base:
-        wait_loaded(base, 4)
-        yield base
+@pytest.fixture
+def url(server_url):
+    """The session's reference server (conftest's ``server_url``: the four demo models, token-protected)."""
+    return server_url
 
 
 def _samples(base: str) -> dict[str, list]:
