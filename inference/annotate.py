@@ -14,13 +14,14 @@ __all__ = ["annotate_detections", "detections_from_list", "detections_to_list", 
 
 
 def labels_for(detections: sv.Detections) -> list[str]:
-    """``"cat 0.93"`` for each detection, ``"#3 cat 0.93"`` when it is tracked (its ``tracker_id``)."""
+    """``"cat 0.93"`` for each detection, ``"#3 cat 0.93"`` when it is tracked (its ``tracker_id``; -1, not tracked
+    yet, shows none)."""
     names = detections.data.get("class_name")
     confidences = detections.confidence if detections.confidence is not None else [None] * len(detections)
     labels = []
     for index, confidence in enumerate(confidences):
         name = str(names[index]) if names is not None else str(detections.class_id[index])
-        if detections.tracker_id is not None:
+        if detections.tracker_id is not None and detections.tracker_id[index] >= 0:
             name = f"#{int(detections.tracker_id[index])} {name}"
         labels.append(name if confidence is None else f"{name} {confidence:.2f}")
     return labels

@@ -18,7 +18,7 @@ from .request import Request, make_request
 from .settings import DEFAULT_ENDPOINT, Settings
 from .tasks import TaskSpec, get_task
 from .types import ModelInfo, Raw, Result, TextStream, Timings
-from .video import MAX_VIDEO_BYTES, MAX_VIDEO_SECONDS, Tracker, VideoFrameResult, VideoReader
+from .video import Tracker, VideoFrameResult, VideoReader
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -191,8 +191,8 @@ class Model:
         return TextStream(handle, lambda text: self._result(handle.raw(text), request), handle.cancel)
 
     def video(self, source: Any, /, *, threshold: float = 0.5, track: bool = True, stride: int = 1,
-              max_edge: int | None = 640, in_flight: int | None = None, max_bytes: int = MAX_VIDEO_BYTES,
-              max_seconds: float = MAX_VIDEO_SECONDS) -> Iterator[VideoFrameResult]:
+              max_edge: int | None = 640, in_flight: int | None = None, max_bytes: int | None = None,
+              max_seconds: float | None = None) -> Iterator[VideoFrameResult]:
         """Detect (and track) objects in a video, frame by frame, on this model's backend.
 
         The clip is decoded one frame at a time and never held whole; stopping the loop closes the file.
@@ -206,6 +206,8 @@ class Model:
             in_flight: frames sent before the first answer is awaited (1 to 16). Default: 1 locally, 4 on a
                 remote backend, so that the network's round trip does not cap the frames per second. Results
                 still come in the clip's order.
+            max_bytes, max_seconds: the largest file and longest clip accepted (default: the settings'
+                ``INFERENCE_MAX_VIDEO_BYTES``, 200 MiB, and ``INFERENCE_MAX_VIDEO_SECONDS``, 600 s).
 
         Example:
             >>> for frame in det.video("clip.mp4", threshold=0.5):
@@ -216,7 +218,8 @@ class Model:
         in_flight = in_flight if in_flight is not None else (1 if self._backend.name == "local" else 4)
         if not 1 <= in_flight <= 16:
             raise InvalidInput(f"in_flight must be between 1 and 16, not {in_flight}")
-        reader = VideoReader(source, max_bytes=max_bytes, max_seconds=max_seconds)
+        reader = VideoReader(source, max_bytes=max_bytes or self.settings.max_video_bytes,
+                             max_seconds=max_seconds or self.settings.max_video_seconds)
         tracker = Tracker(reader.info.fps / stride) if track else None
         frames = reader.frames(stride=stride, max_edge=max_edge)
         pool = ThreadPoolExecutor(in_flight, thread_name_prefix="inference-video") if in_flight > 1 else None

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import InvalidInput, RemoteNotConfigured
 
-__all__ = ["DEFAULT_ENDPOINT", "PROTOCOLS", "Endpoint", "Settings", "endpoint_host", "parse_bytes", "parse_flag"]
+__all__ = ["DEFAULT_ENDPOINT", "PROTOCOLS", "Endpoint", "IceServer", "Settings", "endpoint_host", "parse_bytes", "parse_flag"]
 
 #: What an endpoint speaks: the studio's multipart protocol, the OpenAI-compatible API (vLLM, TGI, SGLang, ...),
 #: Hugging Face's (TGI's generate routes and the Inference Endpoints task API, one model per URL), or ``auto``
@@ -184,6 +184,61 @@ def _endpoints(value: Any) -> Any:
     return tuple(endpoints)
 
 
+class IceServer(BaseModel):
+    """A STUN or TURN server for the Live camera's WebRTC connection (the browser's ``RTCIceServer``).
+
+    Example:
+        >>> IceServer(urls="turn:turn.example.org:3478", username="studio", credential="...")
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    urls: tuple[str, ...] = Field(min_length=1)
+    username: str | None = None
+    credential: SecretStr | None = None
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        return _list(value)
+
+    @field_validator("urls")
+    @classmethod
+    def _ice_urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for url in urls:
+            if url.split(":", 1)[0] not in ("stun", "stuns", "turn", "turns"):
+                raise ValueError(f"{url.split('?')[0][:60]!r} is not a stun:, stuns:, turn: or turns: URL")
+        return urls
+
+    def browser(self) -> dict[str, Any]:
+        """As ``RTCPeerConnection`` takes it (a TURN credential has to reach the browser to be used)."""
+        server: dict[str, Any] = {"urls": list(self.urls)}
+        if self.username is not None:
+            server["username"] = self.username
+        if self.credential is not None:
+            server["credential"] = self.credential.get_secret_value()
+        return server
+
+
+def _ice_servers(value: Any) -> Any:
+    """``INFERENCE_ICE_SERVERS``: comma-separated URLs, JSON (a list of URLs or of {urls, username, credential}) or
+    the same as a TOML list in secrets.toml."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = json.loads(text) if text.startswith(("[", "{")) else _list(text)
+        except ValueError:
+            raise ValueError('is not JSON: write stun:host:3478 or [{"urls": "turn:host:3478", "username": "...", '
+                             '"credential": "..."}]') from None
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("must be a list of stun:/turn: URLs or of {urls, username, credential} tables")
+    return tuple({"urls": item} if isinstance(item, str) else item for item in value)
+
+
 def _env(name: str, variable: str) -> Any:
     """A field read from ``variable`` (the environment, a secrets mapping) or given by its ``name``."""
     return AliasChoices(name, variable)
@@ -222,6 +277,15 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", validation_alias=_env("device", "INFERENCE_DEVICE"))
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", validation_alias=_env("dtype", "INFERENCE_DTYPE"))
+    #: Largest video accepted (file size) and its longest length, in seconds (detection on video).
+    max_video_bytes: int = Field(200 * 2**20, gt=0, validation_alias=_env(
+        "max_video_bytes", "INFERENCE_MAX_VIDEO_BYTES"))
+    max_video_seconds: float = Field(600.0, gt=0, validation_alias=_env(
+        "max_video_seconds", "INFERENCE_MAX_VIDEO_SECONDS"))
+    #: STUN/TURN servers for the Live camera's WebRTC connection. None by default: one machine and a LAN need none,
+    #: and no outside server learns of the stream.
+    ice_servers: Annotated[tuple[IceServer, ...], NoDecode] = Field(
+        (), validation_alias=_env("ice_servers", "INFERENCE_ICE_SERVERS"))
     #: Named endpoints besides the default one: ``[endpoints.NAME]`` tables in secrets.toml, or JSON in the variable.
     endpoints: Annotated[tuple[Endpoint, ...], NoDecode] = Field(
         (), validation_alias=_env("endpoints", "INFERENCE_ENDPOINTS"))
@@ -254,6 +318,11 @@ class Settings(BaseSettings):
     def _endpoint_tables(cls, value: Any) -> Any:
         return _endpoints(value)
 
+    @field_validator("ice_servers", mode="before")
+    @classmethod
+    def _ice_list(cls, value: Any) -> Any:
+        return _ice_servers(value)
+
     @field_validator("endpoints")
     @classmethod
     def _unique_names(cls, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
@@ -273,7 +342,7 @@ class Settings(BaseSettings):
             return value.strip() or None
         return value
 
-    @field_validator("max_model_memory", "max_response_bytes", mode="before")
+    @field_validator("max_model_memory", "max_response_bytes", "max_video_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -347,7 +416,7 @@ class Settings(BaseSettings):
 #: Field → the variable that sets it (the key in the environment and in st.secrets).
 _VARIABLES = {field.validation_alias.choices[1]: name for name, field in Settings.model_fields.items()}
 _FIELD_VARIABLES = {name: variable for variable, name in _VARIABLES.items()}
-_SECRETS = {"remote_token", "server_tokens", "endpoints"}
+_SECRETS = {"remote_token", "server_tokens", "endpoints", "ice_servers"}
 
 
 def _explain(exc: ValidationError) -> str:

@@ -210,7 +210,8 @@ class VideoWriter:
 
 class Tracker:
     """ByteTrack (the ``trackers`` package) over per-frame ``sv.Detections``: each box gets a ``tracker_id`` that
-    stays with its object from frame to frame. Detections it does not track yet (new, unconfirmed) are left out."""
+    stays with its object from frame to frame. Every detection is kept: one ByteTrack does not track yet (an object
+    in the first frame it appears in) has ``tracker_id`` -1, and is drawn without an id."""
 
     def __init__(self, fps: float = 30.0, *, lost_frames: int = 30, activation_threshold: float = 0.25) -> None:
         from trackers import ByteTrackTracker
@@ -220,10 +221,7 @@ class Tracker:
                                          minimum_consecutive_frames=1)
 
     def update(self, detections):
-        tracked = self._tracker.update(detections)
-        if tracked.tracker_id is not None and len(tracked):
-            tracked = tracked[tracked.tracker_id >= 0]
-        return tracked
+        return self._tracker.update(detections)
 
 
 def _name(source: Any) -> str:

@@ -3,15 +3,19 @@ browsers (clips built on the spot with PyAV)."""
 
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
 import psutil
 import pytest
 import supervision as sv
 
-from inference import load_model
+from inference import Settings, load_model
 from inference.annotate import annotate_detections, labels_for
 from inference.errors import InvalidInput
 from inference.video import Tracker, VideoReader, VideoWriter
+from inference.video_job import LiveDetector, VideoJob
 
 
 def _moving_square(index: int, size=(160, 120)) -> np.ndarray:
@@ -110,7 +114,8 @@ def test_a_box_moving_across_frames_keeps_one_track_id():
                                    class_id=np.array([0]))
         tracked = tracker.update(detections)
         ids.extend(tracked.tracker_id.tolist())
-    assert len(ids) >= 19 and len(set(ids)) == 1
+    assert len(ids) == 20  # every detection is kept; only the first frame's has no id yet (-1)
+    assert len(set(ids[1:])) == 1 and ids[1] >= 0
 
 
 def test_the_detector_runs_tracks_and_annotates_a_clip(clip, demo_dir, session_engine, tmp_path):
@@ -121,7 +126,9 @@ def test_the_detector_runs_tracks_and_annotates_a_clip(clip, demo_dir, session_e
         for frame in det.video(clip, threshold=0.3, stride=2):
             labels = labels_for(frame.result.detections)
             if len(frame.result.detections):
-                assert frame.result.detections.tracker_id is not None and all(label.startswith("#") for label in labels)
+                assert frame.result.detections.tracker_id is not None
+                assert all(label.startswith("#") for label, track in zip(labels, frame.result.detections.tracker_id,
+                                                                          strict=True) if track >= 0)
             writer.write(np.asarray(annotate_detections(frame.image, frame.result.detections)))
             results.append(frame)
     assert [frame.index for frame in results] == list(range(0, 30, 2))
@@ -148,3 +155,93 @@ def test_a_remote_detector_keeps_frames_in_flight_and_answers_in_order(clip, rem
         assert list(alone.result.detections.tracker_id) == list(together.result.detections.tracker_id)
     with pytest.raises(InvalidInput, match="in_flight"):
         next(det.video(clip, in_flight=0))
+
+
+# --------------------------------------------------------------------------- VideoJob: what the page's Video runs
+
+
+def test_a_job_runs_local_and_remote_side_by_side_with_parity_per_frame(clip, demo_dir, remote_settings,
+                                                                       session_engine, tmp_path):
+    local = load_model(demo_dir["object-detection"], task="object-detection", backend="local", engine=session_engine)
+    remote = load_model("det", task="object-detection", backend="remote", settings=remote_settings,
+                        engine=session_engine)
+    job = VideoJob({"local": local, "remote": remote}, clip, directory=tmp_path, reference="local", threshold=0.3,
+                   stride=2).start()
+    assert job.wait(120)
+    assert job.expected_frames == 15 and round(job.output_fps, 1) == 7.5
+    for name, column in job.columns.items():
+        assert column.error is None, column.error
+        assert [frame.index for frame in column.frames] == list(range(0, 30, 2))
+        assert column.frames_per_second > 0 and column.latency_ms(95) >= column.latency_ms(50) > 0
+        assert column.warmup_ms > 0 and column.has_video and column.track_ids
+        with VideoReader(column.video_path) as reader:  # the annotated clip, H.264, every frame run
+            assert reader.info.codec == "h264" and len(list(reader.frames())) == 15
+        lines = [json.loads(line) for line in column.lines_path.read_text().splitlines()]
+        assert [line["frame"] for line in lines] == list(range(0, 30, 2))
+        boxes = [box for line in lines for box in line["detections"]]
+        assert boxes and {"label", "score", "box", "track_id"} <= set(boxes[0])
+        assert any(box["track_id"] is not None for box in boxes)
+        assert name != "remote" or all(line["server_ms"] is not None for line in lines)
+    # The same model on both sides: every frame agrees, box for box.
+    assert sorted(item.index for item in job.parity) == list(range(0, 30, 2))
+    assert all(item.agree and item.other == "remote" for item in job.parity)
+    assert sum(item.matched for item in job.parity) == sum(frame.boxes for frame in job.columns["local"].frames)
+
+
+def test_a_stopped_job_ends_after_its_frame_and_keeps_a_playable_video(demo_dir, session_engine, tmp_path):
+    long_clip = tmp_path / "long.mp4"
+    with VideoWriter(long_clip, 15) as writer:
+        for index in range(300):
+            writer.write(_moving_square(index % 60))
+    local = load_model(demo_dir["object-detection"], task="object-detection", backend="local", engine=session_engine)
+    job = VideoJob({"local": local}, long_clip, directory=tmp_path / "out", reference="local")
+    (tmp_path / "out").mkdir()
+    job.start()
+    deadline = time.monotonic() + 60
+    while len(job.columns["local"].frames) < 5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    job.stop()
+    assert job.wait(10) and job.stopped and job.reference is None  # one column: nothing to compare
+    column = job.columns["local"]
+    assert 5 <= len(column.frames) < 300 and column.has_video
+    with VideoReader(column.video_path) as reader:
+        assert len(list(reader.frames())) == len(column.frames)
+    assert not [path for path in psutil.Process().open_files() if path.path == str(long_clip)]
+
+
+def test_a_job_checks_the_clip_first_and_one_failing_model_spares_the_other(clip, demo_dir, session_engine,
+                                                                            tmp_path, unused_port):
+    local = load_model(demo_dir["object-detection"], task="object-detection", backend="local", engine=session_engine)
+    with pytest.raises(InvalidInput, match="not a video"):
+        VideoJob({"local": local}, _written(tmp_path / "notes.mp4", b"not a video" * 50), directory=tmp_path)
+    down = load_model("det", task="object-detection", backend="remote", engine=session_engine,
+                      settings=Settings(remote_enabled=True, remote_timeout=5,
+                                        remote_endpoints=(f"http://127.0.0.1:{unused_port}/inference",)))
+    job = VideoJob({"local": local, "remote": down}, clip, directory=tmp_path, reference="local", stride=3).start()
+    assert job.wait(120)
+    assert job.columns["remote"].error is not None and not job.columns["remote"].frames
+    assert job.columns["local"].error is None and len(job.columns["local"].frames) == 10
+    assert not job.parity  # nothing to match with
+
+
+def test_the_live_detector_annotates_tracks_and_survives_a_failing_backend(demo_dir, session_engine, unused_port):
+    local = load_model(demo_dir["object-detection"], task="object-detection", backend="local", engine=session_engine)
+    live = LiveDetector(local, threshold=0.3, max_edge=320)
+    for index in range(12):
+        out = live.process(_moving_square(index, size=(640, 480)))
+        assert out.shape == (240, 320, 3)  # scaled to the cap, annotated
+    figures = live.snapshot()
+    assert figures["frames"] == 12 and figures["frames_per_second"] > 0 and figures["p95_ms"] >= figures["p50_ms"]
+    assert figures["error"] is None
+    down = load_model("det", task="object-detection", backend="remote", engine=session_engine,
+                      settings=Settings(remote_enabled=True, remote_timeout=2,
+                                        remote_endpoints=(f"http://127.0.0.1:{unused_port}/inference",)))
+    failing = LiveDetector(down)
+    frame = _moving_square(0)
+    assert np.array_equal(failing.process(frame), frame)  # shown as it came
+    assert "RemoteUnavailable" in failing.snapshot()["error"] and failing.snapshot()["frames"] == 0
+
+
+def _written(path, data: bytes):
+    path.write_bytes(data)
+    return path

@@ -138,10 +138,22 @@ def image_problem(data: bytes, name: str, max_pixels: int) -> str | None:
     return None
 
 
-def image_picker(prefix: str) -> PickedImage:
-    """Image from a sample, an upload or the camera; a file that is not a usable image is an error shown here."""
-    source = st.segmented_control("Image", ["Sample", "Upload", "Camera"], key=f"{prefix}_source",
-                                  width="stretch") or "Sample"
+IMAGE_SOURCES = ("Sample", "Upload", "Camera")
+
+
+def source_control(prefix: str, sources: tuple[str, ...] = IMAGE_SOURCES, label: str = "Image") -> str:
+    """Where the page's input comes from (``{prefix}_source``); clicking the chosen one off keeps it."""
+    key, last = f"{prefix}_source", f"_last:{prefix}_source"
+    if st.session_state.get(key) not in sources:
+        st.session_state[key] = st.session_state[last] if st.session_state.get(last) in sources else sources[0]
+    st.session_state[last] = st.segmented_control(label, sources, key=key, width="content")
+    return st.session_state[last]
+
+
+def image_picker(prefix: str, source: str | None = None) -> PickedImage:
+    """Image from a sample, an upload or the camera (``source``; a control to pick it is drawn when None); a file
+    that is not a usable image is an error shown here."""
+    source = source or source_control(prefix)
     if source in ("Upload", "Camera"):
         if source == "Upload":
             upload = st.file_uploader("Upload an image", type=["jpg", "jpeg", "png", "webp"], key=f"{prefix}_upload",
@@ -309,8 +321,7 @@ HISTORY_COLUMNS = ("time", "page", "mode", "backend", "model", "task", "round", 
 
 def record(page: str, outcome: Outcome, settings: dict[str, Any] | None = None) -> None:
     """Add one run to this session's history: its settings (mode, model, parameters), output and timings."""
-    row: dict[str, Any] = {"time": datetime.now().strftime("%H:%M:%S"), "page": page, "backend": outcome.backend,
-                           **(settings or {})}
+    row: dict[str, Any] = {"page": page, "backend": outcome.backend, **(settings or {})}
     if outcome.ok:
         assert outcome.result is not None
         summary = summarize(outcome.result)
@@ -318,6 +329,12 @@ def record(page: str, outcome: Outcome, settings: dict[str, Any] | None = None) 
         row.update(summary)
     else:
         row.update({"output": f"error: {outcome.error}", "total_ms": outcome.wall_ms})
+    record_row(row)
+
+
+def record_row(row: dict[str, Any]) -> None:
+    """Add a row to this session's history as it is (page, backend, settings, output, timings), stamped now."""
+    row = {"time": datetime.now().strftime("%H:%M:%S"), **row}
     for name, value in row.items():
         if isinstance(value, float):
             row[name] = round(value, 1)  # milliseconds to a tenth, tokens/s to one decimal: what is meaningful

@@ -32,7 +32,7 @@ def forget_stale(prefix: str, key: str) -> None:
             st.session_state.pop(f"{prefix}_{name}", None)
 
 
-def _models(model_id: str, task: str, mode: str) -> tuple[dict[str, Model], dict[str, Outcome]]:
+def models_for(model_id: str, task: str, mode: str) -> tuple[dict[str, Model], dict[str, Outcome]]:
     """(model handles, outcomes of the backends whose model could not be had): one failing spares the other."""
     models, failed = {}, {}
     for backend in sidebar.targets(mode):
@@ -52,7 +52,7 @@ def run(prefix: str, label: str, task: str, model_id: str, mode: str, args: tupl
     outcomes kept are this run's: an error replaces the results of an earlier run.
     """
     key = inputs_key(task, model_id, mode, args, kwargs)
-    models, outcomes = _models(model_id, task, mode)
+    models, outcomes = models_for(model_id, task, mode)
     streamed = False
     if len(models) == 1 and not outcomes and stream:
         (backend, model), = models.items()
@@ -87,7 +87,7 @@ def repeat(prefix: str, label: str, task: str, model_id: str, mode: str, args: t
     Every run lands in the history, like a single run.
     """
     key = inputs_key(task, model_id, mode, args, kwargs)
-    models, failed = _models(model_id, task, mode)
+    models, failed = models_for(model_id, task, mode)
     settings = _history_settings(mode, model_id, task, args, kwargs)
     stats = {backend: RunStats(backend) for backend in sidebar.targets(mode)}
     for outcome in failed.values():

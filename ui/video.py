@@ -1,0 +1,380 @@
+"""The detection page's Video source: a clip (the sample or an upload) run frame by frame on the mode's backends.
+
+The run is an ``inference.video_job.VideoJob``: one thread per backend, each writing its annotated video and JSON
+lines to this session's folder. While it runs, the page polls it and plays the newest annotated frame of each
+column with a progress bar, frames/s and latency; Stop (or any other click, which reruns the page) ends it after
+the frame in progress, and what was done so far is kept and shown like a finished run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from inference import InferenceError, InvalidInput
+from inference.video import VideoInfo, VideoReader
+from inference.video_job import VideoJob
+
+from . import components as ui
+from . import runner, sidebar, state
+
+TASK = "object-detection"
+SAMPLE_CLIP = state.ASSETS / "sample-clip.mp4"
+CLIP_TYPES = ["mp4", "webm", "mov", "mkv", "m4v"]
+#: The resolution cap's choices: the long edge frames are scaled down to (None keeps them).
+MAX_EDGES = {"320 px": 320, "480 px": 480, "640 px": 640, "960 px": 960, "1280 px": 1280, "Full size": None}
+#: Seconds between two refreshes of the live view while a clip runs.
+REFRESH_S = 0.25
+
+
+@dataclass(frozen=True)
+class Clip:
+    """The clip on screen: its file, what to call it, and an identity for "results belong to these inputs"."""
+
+    path: Path | None
+    label: str | None
+    identity: str | None
+    sample: bool = False
+    error: str | None = None
+    info: VideoInfo | None = None
+
+
+def session_folder() -> Path:
+    """This session's folder for uploads and annotated videos (removed when the session's state goes)."""
+    holder = st.session_state.get("_video_folder")
+    if holder is None:
+        holder = st.session_state["_video_folder"] = tempfile.TemporaryDirectory(prefix="inference-studio-video-")
+    return Path(holder.name)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def clip_problem(path: str, identity: str, max_bytes: int, max_seconds: float) -> tuple[VideoInfo | None, str | None]:
+    """(the clip's header, or None; what is wrong with it, or None). Decodes the first frame too, so that a codec
+    FFmpeg cannot decode is said here and not halfway through a run. ``identity`` keys the cache."""
+    try:
+        with VideoReader(path, max_bytes=max_bytes, max_seconds=max_seconds) as reader:
+            frames = reader.frames()
+            next(frames)
+            frames.close()
+            return reader.info, None
+    except InvalidInput as exc:
+        return None, str(exc)
+    except StopIteration:  # pragma: no cover - frames() raises InvalidInput for a clip without frames
+        return None, "it has no frames"
+
+
+def clip_picker(prefix: str) -> Clip:
+    """The sample clip or an uploaded video; a file that cannot be used is an error shown here."""
+    settings = state.app_settings()
+    choice = st.segmented_control("Clip", ["Sample clip", "Upload"], key=f"{prefix}_clip", width="stretch") \
+        or "Sample clip"
+    if choice == "Sample clip":
+        info, problem = clip_problem(str(SAMPLE_CLIP), "sample", settings.max_video_bytes, settings.max_video_seconds)
+        return Clip(None if problem else SAMPLE_CLIP, "sample-clip.mp4", "sample", sample=True, error=problem,
+                    info=info)
+    limit_mb = max(1, settings.max_video_bytes // 2**20)
+    upload = st.file_uploader("Upload a video", type=CLIP_TYPES, key=f"{prefix}_video_upload",
+                              max_upload_size=limit_mb,
+                              help=f"MP4, WebM or MOV; up to {limit_mb} MB and {settings.max_video_seconds:.0f} s "
+                                   "(INFERENCE_MAX_VIDEO_BYTES, INFERENCE_MAX_VIDEO_SECONDS)")
+    if upload is None:
+        return Clip(None, None, None)
+    path = _saved_upload(upload)
+    info, problem = clip_problem(str(path), upload.file_id, settings.max_video_bytes, settings.max_video_seconds)
+    if problem:
+        problem = problem.replace("the file ", "", 1)
+        st.error(f"This video cannot be used: {problem}.", icon=":material/videocam_off:")
+        return Clip(None, None, None, error=problem)
+    return Clip(path, upload.name, upload.file_id, info=info)
+
+
+def _saved_upload(upload: Any) -> Path:
+    """The upload as a file of this session's folder (written once; the previous upload's file is removed), so
+    that every backend's thread decodes it from disk, frame by frame."""
+    folder = session_folder() / "uploads"
+    folder.mkdir(exist_ok=True)
+    suffix = Path(upload.name).suffix.lower() if Path(upload.name).suffix.lower()[1:] in CLIP_TYPES else ".mp4"
+    path = folder / f"{_safe(upload.file_id)}{suffix}"
+    if not path.exists():
+        for old in folder.iterdir():
+            old.unlink(missing_ok=True)
+        with path.open("wb") as out:
+            shutil.copyfileobj(upload, out, 1 << 20)
+        upload.seek(0)
+    return path
+
+
+def _safe(text: str) -> str:
+    return "".join(char if char.isalnum() or char in "-_" else "_" for char in text)[:80]
+
+
+def options(prefix: str) -> dict[str, Any]:
+    """Tracking, frame stride and resolution cap: what keeps a clip moving on a CPU."""
+    first, second = st.columns(2)
+    first.number_input("Every Nth frame", 1, 30, key=f"{prefix}_stride",
+                       help="1 runs every frame; 3 runs one frame in three (three times fewer to detect)")
+    second.selectbox("Resolution cap", list(MAX_EDGES), key=f"{prefix}_max_edge",
+                     help="frames are scaled down to this long edge before detection (and in the annotated video)")
+    st.toggle("Track objects (ByteTrack)", key=f"{prefix}_track",
+              help="each box keeps an id (#3) from frame to frame; off: boxes per frame only")
+    return {"track": st.session_state[f"{prefix}_track"], "stride": int(st.session_state[f"{prefix}_stride"]),
+            "max_edge": MAX_EDGES[st.session_state[f"{prefix}_max_edge"]]}
+
+
+def buttons(prefix: str) -> tuple[bool, Any]:
+    """Detect (and Stop, live while a clip runs); returns (run, slot for the share box)."""
+    first = st.columns(2, vertical_alignment="bottom")
+    go = first[0].button("Detect on video", type="primary", key=f"{prefix}_video_go", icon=":material/play_arrow:",
+                         width="stretch")
+    # Any click reruns the page, which ends a run in progress: this button is there to be that click.
+    first[1].button("Stop", key=f"{prefix}_video_stop", icon=":material/stop:", width="stretch", disabled=not go,
+                    help="ends the run after the frame in progress; what was done is kept")
+    return go, st.container()
+
+
+def inputs_key(model_id: str, mode: str, clip: Clip, params: dict[str, Any]) -> str:
+    return runner.inputs_key(f"{TASK}:video", model_id, mode, (clip.identity or "",), params)
+
+
+def forget_stale(prefix: str, key: str) -> None:
+    """A run belongs to the inputs that made it: once they differ, it stops and its files go."""
+    if st.session_state.get(f"{prefix}_video_inputs", key) != key:
+        _discard(st.session_state.pop(f"{prefix}_video", None))
+        st.session_state.pop(f"{prefix}_video_inputs", None)
+
+
+def _discard(job: VideoJob | None) -> None:
+    if job is not None:
+        job.stop()
+        job.wait(30)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(job.columns[next(iter(job.columns))].video_path.parent)
+
+
+def run(prefix: str, model_id: str, mode: str, clip: Clip, params: dict[str, Any]) -> VideoJob | None:
+    """Start a run of ``clip`` on the mode's backends; the job is kept under ``{prefix}_video``."""
+    _discard(st.session_state.pop(f"{prefix}_video", None))
+    st.session_state.pop(f"{prefix}_video_errors", None)
+    models, failed = runner.models_for(model_id, TASK, mode)
+    st.session_state[f"{prefix}_video_errors"] = {name: outcome.error for name, outcome in failed.items()}
+    st.session_state[f"{prefix}_video_inputs"] = inputs_key(model_id, mode, clip, params)
+    if not models:
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="run-", dir=session_folder()))
+    try:
+        job = VideoJob(models, clip.path, directory=folder, reference=sidebar.reference(tuple(models)), **params)
+    except InferenceError as exc:
+        st.session_state[f"{prefix}_video_errors"] = {name: exc for name in models}
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    job.label, job.model_id, job.mode = clip.label, model_id, mode
+    st.session_state[f"{prefix}_video"] = job
+    if sidebar.targets(mode) != ("local",):
+        sidebar.count_remote_run()
+    return job.start()
+
+
+def play(job: VideoJob) -> None:
+    """The run as it goes: a progress bar, and per column the newest annotated frame with frames/s and latency.
+
+    Returns when every column has finished. A rerun (Stop, or any other click) interrupts this function at its next
+    call to Streamlit: the job is stopped then, so its threads end after their frame in progress.
+    """
+    live = st.empty()
+    with live.container():
+        bar = st.progress(0.0, text="Starting…")
+        columns = st.columns(len(job.columns)) if len(job.columns) > 1 else [st.container()]
+        slots = {}
+        for column, name in zip(columns, job.columns, strict=True):
+            with column:
+                if len(job.columns) > 1:
+                    st.subheader(ui.label(name))
+                slots[name] = (st.empty(), st.empty())
+    try:
+        while True:
+            finished = job.wait(REFRESH_S)
+            _draw_live(job, bar, slots)
+            if finished:
+                break
+    finally:
+        job.stop()
+    live.empty()
+
+
+def _draw_live(job: VideoJob, bar: Any, slots: dict[str, tuple[Any, Any]]) -> None:
+    with job.lock:
+        figures = {name: (len(column.frames), column.frames_per_second, column.latency_ms(50), column.latency_ms(95),
+                          column.latest, column.error) for name, column in job.columns.items()}
+    expected = job.expected_frames
+    done = min(count for count, *_ in figures.values())
+    rates = " · ".join(f"{ui.label(name)} {fps:.1f} frames/s" for name, (_, fps, *_rest) in figures.items()
+                       if fps is not None)
+    of = f" of {expected}" if expected else ""
+    bar.progress(min(done / expected, 1.0) if expected else 0.0, text=f"Frame {done}{of}" + (f" · {rates}" if rates else ""))
+    for name, (count, fps, p50, p95, latest, error) in figures.items():
+        picture, stats = slots[name]
+        if latest is not None:
+            picture.image(latest, output_format="JPEG", width="stretch")
+        elif error is None:
+            picture.info("Warming up: a first call loads the model (on a server too); it is not counted.",
+                         icon=":material/hourglass_top:")
+        if error is not None:
+            stats.error(f"{type(error).__name__}: {error}", icon=":material/error:")
+        elif fps is not None:
+            stats.markdown(f"**{fps:.1f}** frames/s · p50 **{p50:,.0f} ms** · p95 **{p95:,.0f} ms** · {count} frames")
+
+
+def render(prefix: str) -> None:
+    """The kept run: per column the annotated video, its figures and downloads; the latency over the clip; in
+    Compare, the parity frame by frame."""
+    job: VideoJob | None = st.session_state.get(f"{prefix}_video")
+    errors = st.session_state.get(f"{prefix}_video_errors", {})
+    for name, error in errors.items():
+        ui.show_error(error, backend=name if len(errors) + len(job.columns if job else ()) > 1 else None)
+    if job is None:
+        return
+    if not job.done:
+        with st.spinner("Stopping after the frame in progress…"):
+            job.wait(120)
+    columns = job.columns
+    expected = job.expected_frames
+    done = max(len(column.frames) for column in columns.values())
+    stride = job.options["stride"]
+    info = job.info
+    what = f"{job.label} · {info.width}×{info.height} · {info.fps:.0f} frames/s" + (
+        f" · 1 frame in {stride}" if stride > 1 else "")
+    if job.stopped and expected and done < expected:
+        st.warning(f"Stopped at frame {done} of {expected}: what was done is below. {what}", icon=":material/stop:")
+    else:
+        st.caption(f"{done} frames run. {what}")
+    record(prefix, job)
+    grid = st.columns(len(columns)) if len(columns) > 1 else [st.container()]
+    for cell, (name, column) in zip(grid, columns.items(), strict=True):
+        with cell:
+            if len(columns) > 1:
+                st.subheader(ui.label(name))
+            _column(prefix, column, narrow=len(columns) > 1)
+    _latency_chart(job)
+    if job.reference is not None:
+        _parity(job)
+
+
+def _column(prefix: str, column: Any, *, narrow: bool) -> None:
+    if column.error is not None:
+        ui.show_error(column.error)
+    if not column.frames:
+        return
+    if column.has_video:
+        st.video(str(column.video_path))
+    figures = [("Frames/s", f"{column.frames_per_second or 0:.1f}"), ("p50", f"{column.latency_ms(50):,.0f} ms"),
+               ("p95", f"{column.latency_ms(95):,.0f} ms"), ("Frames", f"{len(column.frames)}")]
+    if narrow:
+        st.markdown("  ·  ".join(f"**{name}** {value}" for name, value in figures))
+    else:
+        for cell, (name, value) in zip(st.columns(len(figures)), figures, strict=True):
+            cell.metric(name, value)
+    notes = [f"{sum(frame.boxes for frame in column.frames)} boxes over the clip"]
+    if column.track_ids:
+        notes.append(f"{len(column.track_ids)} track ids")
+    if column.warmup_ms is not None:
+        notes.append(f"first call {column.warmup_ms:,.0f} ms (warm-up and model load, not counted)")
+    st.caption(" · ".join(notes))
+    d1, d2 = st.columns(2)
+    kind = column.video_path.suffix[1:].upper()
+    if column.has_video:
+        d1.download_button(kind if narrow else f"Annotated {kind}", column.video_path.read_bytes(),
+                           file_name=f"detections-{column.name}{column.video_path.suffix}",
+                           mime=f"video/{column.video_path.suffix[1:]}", key=f"{prefix}_vid_{column.name}",
+                           icon=":material/download:", help="the clip with boxes, labels and track ids drawn")
+    d2.download_button("JSONL" if narrow else "Detections JSONL", column.lines_path.read_bytes(),
+                       file_name=f"detections-{column.name}.jsonl", mime="application/jsonl",
+                       key=f"{prefix}_jsonl_{column.name}", icon=":material/data_object:",
+                       help="one JSON line per frame: frame, time_s, latency_ms and each box's label, score, box "
+                            "and track_id")
+
+
+def _latency_chart(job: VideoJob) -> None:
+    import altair as alt
+
+    rows = [{"backend": ui.label(name), "frame": frame.index, "latency_ms": frame.latency_ms}
+            for name, column in job.columns.items() for frame in column.frames]
+    if not rows:
+        return
+    st.subheader("Latency over the clip")
+    chart = alt.Chart(pd.DataFrame(rows)).mark_line(point=len(rows) < 120, interpolate="monotone").encode(
+        x=alt.X("frame:Q", title="frame"), y=alt.Y("latency_ms:Q", title="latency (ms)"),
+        color=alt.Color("backend:N", title=None),
+        tooltip=["backend", "frame", alt.Tooltip("latency_ms", format=",.1f")],
+    )
+    st.altair_chart(chart.properties(height=220), width="stretch")
+
+
+def _parity(job: VideoJob) -> None:
+    """Per other column: frames compared and in full agreement, boxes matched and on one side only, frame by frame."""
+    import altair as alt
+
+    reference = ui.lower(ui.label(job.reference))
+    for other in [name for name in job.columns if name != job.reference]:
+        frames = sorted((item for item in job.parity if item.other == other), key=lambda item: item.index)
+        theirs = ui.lower(ui.label(other))
+        st.subheader(f"Parity: {reference} and {theirs}" if len(job.columns) > 2 else "Parity, frame by frame")
+        if not frames:
+            st.caption("No frame has been run on both sides.")
+            continue
+        agree = sum(item.agree for item in frames)
+        cells = st.columns(5)
+        cells[0].metric("Frames compared", len(frames))
+        cells[1].metric("Frames that agree", f"{agree} ({agree / len(frames):.0%})",
+                        help="every box matched: same label and IoU ≥ 0.5")
+        cells[2].metric("Matched boxes", sum(item.matched for item in frames))
+        cells[3].metric(f"Only {reference}", sum(item.only_reference for item in frames))
+        cells[4].metric(f"Only {theirs}", sum(item.only_other for item in frames))
+        if agree == len(frames):
+            st.success(f"Every box of every frame has a match on the other side ({len(frames)} frames).",
+                       icon=":material/check_circle:")
+            continue
+        rows = [{"frame": item.index, "boxes": count, "kind": kind} for item in frames
+                for kind, count in ((f"only {reference}", item.only_reference), (f"only {theirs}", item.only_other))]
+        chart = alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
+            x=alt.X("frame:Q", title="frame"), y=alt.Y("boxes:Q", title="unmatched boxes"),
+            color=alt.Color("kind:N", title=None, scale=alt.Scale(range=["#ef6c00", "#1565c0"])),
+            tooltip=["frame", "kind", "boxes"],
+        )
+        st.altair_chart(chart.properties(height=160), width="stretch")
+
+
+def record(prefix: str, job: VideoJob) -> None:
+    """One history row per column of a run, once."""
+    if getattr(job, "recorded", False):
+        return
+    job.recorded = True
+    for name, column in job.columns.items():
+        fps = column.frames_per_second
+        output = f"error: {column.error}" if column.error is not None else \
+            f"{len(column.frames)} frames, {fps or 0:.1f} frames/s"
+        ui.record_row({"page": "object detection (video)", "backend": name, "mode": job.mode, "model": job.model_id,
+                       "task": TASK, "prompt": job.label, "output": output, "total_ms": column.latency_ms(50),
+                       **{key: value for key, value in job.options.items() if value is not None}})
+
+
+def stop_all(prefix: str) -> None:
+    """Stop a run still going (its page was left for another source)."""
+    job: VideoJob | None = st.session_state.get(f"{prefix}_video")
+    if job is not None and not job.done:
+        job.stop()
+
+
+
+def need_clip(clip: Clip) -> None:
+    """Said when a run is asked for without a usable clip."""
+    if clip.error:
+        st.error(f"Nothing was run: {clip.error}. Or pick the sample clip.", icon=":material/videocam_off:")
+    else:
+        st.warning("Upload a video or pick the sample clip first.", icon=":material/movie:")
