@@ -1,13 +1,13 @@
 """Video detection frames per second: local, remote one frame at a time, and remote with frames in flight.
 
-A clip is built on the spot (a moving square, 320x240, 15 frames/s). The reference server runs as a separate
-process on 127.0.0.1 with the demo detector. ``Model.video`` decodes, detects and tracks every frame:
+The clip is the detection page's sample (assets/sample-clip.mp4: 120 frames of 640x360 at 15 frames/s), or
+``--clip``. The reference server runs as a separate process on 127.0.0.1 with the demo detector. ``Model.video`` decodes, detects and tracks every frame:
 - local:      the detector in this process;
 - remote x1:  one frame at a time to the server (each waits for the round trip);
 - remote x4:  four frames in flight over the client's kept-alive connections (the default on a remote backend).
 Target: remote with frames in flight >= 1.5x remote one at a time. The runs take turns, three rounds.
 
-    python bench/video.py [--frames 90]
+    python bench/video.py [--clip assets/sample-clip.mp4]
 """
 
 from __future__ import annotations
@@ -24,21 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import numpy as np  # noqa: E402
-
 from inference import Engine, Settings, load_model  # noqa: E402
 from inference.demo_models import build_demo_models  # noqa: E402
-from inference.video import VideoWriter  # noqa: E402
+from inference.video import VideoReader  # noqa: E402
 from remote_overhead import TOKEN, free_port, start_server  # noqa: E402
-
-
-def build_clip(path: Path, frames: int) -> None:
-    with VideoWriter(path, 15) as writer:
-        for index in range(frames):
-            image = np.full((240, 320, 3), 40, dtype=np.uint8)
-            x = 10 + (4 * index) % 260
-            image[80:160, x:x + 60] = (230, 170, 50)
-            writer.write(image)
 
 
 def frames_per_second(model, clip: Path, in_flight: int) -> float:
@@ -49,11 +38,12 @@ def frames_per_second(model, clip: Path, in_flight: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=90)
+    parser.add_argument("--clip", type=Path, default=ROOT / "assets" / "sample-clip.mp4")
     args = parser.parse_args(argv)
+    clip = args.clip
+    with VideoReader(clip) as reader:
+        info = reader.info
     with tempfile.TemporaryDirectory() as directory:
-        clip = Path(directory) / "clip.mp4"
-        build_clip(clip, args.frames)
         detector = str(build_demo_models(directory, ("object-detection",))["object-detection"])
         port = free_port()
         server = start_server({"det": detector}, port, concurrency=2, queue=16)
@@ -73,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(f"video: {args.frames} frames of 320x240 at 15 frames/s, demo detector, tracked; median of 3 rounds; "
-          f"{os.cpu_count()} cores")
+    print(f"video: {clip.name}, {info.frames} frames of {info.width}x{info.height} at {info.fps:.0f} frames/s, demo "
+          f"detector, tracked; median of 3 rounds; {os.cpu_count()} cores")
     median = {name: sorted(values)[1] for name, values in rates.items()}
     for name, value in median.items():
         print(f"  {name:10s} {value:7.1f} frames/s")

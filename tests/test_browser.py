@@ -69,13 +69,18 @@ def app_url(demo_dir):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+        yield playwright
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
 
 
 def _open(browser, url: str):
@@ -249,3 +254,110 @@ def test_the_first_paint_on_a_fresh_server_shows_our_navigation_and_only_it(brow
         assert "Backend" in page.locator('[data-testid="stSidebar"]').inner_text()  # the shared sidebar
         _shot(page, "first-paint-home" if path == "/" else "first-paint-share-link")
         page.close()
+
+
+# --------------------------------------------------------------------------- video and the live camera
+
+SAMPLE_CLIP = ROOT / "assets" / "sample-clip.mp4"
+
+
+def test_an_uploaded_clip_plays_annotated_with_its_figures_and_downloads(browser, app_url):
+    page = _open(browser, f"{app_url}/object_detection?source=Video&stride=2")
+    page.get_by_role("button", name="Detect on video").wait_for(timeout=60_000)
+    page.get_by_role("radio", name="Upload").last.click()  # the Clip control's Upload
+    page.locator('input[type="file"]').set_input_files(str(SAMPLE_CLIP))
+    page.get_by_text("sample-clip.mp4").first.wait_for(timeout=30_000)
+    _run(page, "Detect on video", "frames run", timeout=180_000)
+    expect(page.get_by_text("60 frames run").first).to_be_visible()
+    expect(page.get_by_text("Frames/s").first).to_be_visible()
+    fps = float(page.locator('[data-testid="stMetric"]').filter(has_text="Frames/s").first
+                .locator('[data-testid="stMetricValue"]').inner_text())
+    assert fps > 0
+    expect(page.get_by_text("track ids").first).to_be_visible()
+    # The annotated video: H.264 MP4 served to the page, every run frame in it, boxes drawn.
+    src = page.locator('[data-testid="stVideo"]').first.get_attribute("src")
+    annotated = httpx.get(str(httpx.URL(app_url).join(src)), timeout=10).content
+    from inference.video import VideoReader
+
+    with VideoReader(annotated) as reader:
+        assert reader.info.codec == "h264" and len(list(reader.frames())) == 60
+    for name in ("Annotated MP4", "Detections JSONL"):
+        expect(page.locator('[data-testid="stDownloadButton"]').filter(has_text=name).first).to_be_visible()
+    with page.expect_download() as download:
+        page.locator('[data-testid="stDownloadButton"]').filter(has_text="Detections JSONL").first.click()
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert len(lines) == 60 and '"track_id"' in "".join(lines)
+    _shot(page, "video")
+    page.close()
+
+
+def test_stop_ends_a_clip_and_keeps_what_was_done(browser, app_url):
+    page = _open(browser, f"{app_url}/object_detection?source=Video&max_edge=Full+size")
+    page.get_by_role("button", name="Detect on video").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Detect on video").click()
+    page.get_by_text("frames/s · p50").first.wait_for(timeout=60_000)  # frames are coming
+    page.locator(".st-key-od_video_stop button").filter(visible=True).click()  # ours, not the header's (Streamlit's own stop)
+    page.get_by_text("Stopped at frame").first.wait_for(timeout=60_000)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=60_000)
+    expect(page.locator('[data-testid="stVideo"]').first).to_be_visible()
+    expect(page.get_by_role("button", name="Detect on video")).to_be_enabled()
+    expect(page.get_by_text("Traceback")).to_have_count(0)
+    page.close()
+
+
+def test_a_file_that_is_no_video_says_so_and_the_page_keeps_working(browser, app_url):
+    page = _open(browser, f"{app_url}/object_detection?source=Video")
+    page.get_by_role("button", name="Detect on video").wait_for(timeout=60_000)
+    page.get_by_role("radio", name="Upload").last.click()
+    page.locator('input[type="file"]').set_input_files(
+        {"name": "holiday.mp4", "mimeType": "video/mp4", "buffer": b"this is not a video" * 100})
+    page.get_by_text("This video cannot be used").wait_for(timeout=30_000)
+    expect(page.get_by_text("not a video FFmpeg can read").first).to_be_visible()
+    _run(page, "Detect on video", "Nothing was run")
+    expect(page.get_by_role("button", name="Detect on video")).to_be_enabled()
+    expect(page.get_by_text("Traceback")).to_have_count(0)
+    page.close()
+
+
+def test_the_video_compare_screenshot(browser, app_url):
+    """Local and remote on the sample clip, side by side with their parity: the README's screenshot."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1700})  # tall enough for the parity
+    page.goto(f"{app_url}/object_detection?mode=compare&source=Video&stride=2")
+    page.get_by_role("button", name="Detect on video").wait_for(timeout=60_000)
+    _run(page, "Detect on video", "Frames that agree", timeout=240_000)
+    expect(page.get_by_text("loopback server on this machine").first).to_be_visible()
+    videos = page.locator('[data-testid="stVideo"]')
+    expect(videos).to_have_count(2)
+    # Both players at the same moment of the clip, so the picture shows tracked boxes (#id) and not a first frame.
+    page.evaluate("""() => Promise.all([...document.querySelectorAll('[data-testid="stVideo"]')].map((video) =>
+        new Promise((done) => { video.addEventListener('seeked', done, {once: true}); video.currentTime = 2.2; })))""")
+    page.wait_for_timeout(500)
+    _shot(page, "video-compare")
+    page.close()
+
+
+def test_the_live_camera_streams_annotated_frames(playwright, app_url):
+    """Chromium's fake camera through WebRTC to the app and back, on loopback, with no ICE server."""
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM), headless=True,
+        args=[*CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{app_url}/object_detection?source=Live+camera")
+        component = page.frame_locator('iframe[title*="webrtc"]').first
+        component.get_by_role("button", name="START").click(timeout=60_000)
+        frames = page.locator('[data-testid="stMetric"]').filter(has_text="Frames").last
+        deadline = time.monotonic() + 60
+        count = 0
+        while time.monotonic() < deadline and count < 10:
+            page.wait_for_timeout(1000)
+            text = frames.locator('[data-testid="stMetricValue"]').inner_text() if frames.count() else "0"
+            count = int(text.replace(",", "")) if text.replace(",", "").isdigit() else 0
+        assert count >= 10, "no annotated frames came back"
+        # The annotated stream plays in the component: the video has frames of its own size.
+        assert component.locator("video").first.evaluate("(video) => video.videoWidth") > 0
+        expect(page.locator('[data-testid="stMetric"]').filter(has_text="Frames/s").first).to_be_visible()
+        _shot(page, "live-camera")
+        component.get_by_role("button", name="STOP").click()
+    finally:
+        browser.close()

@@ -54,8 +54,13 @@ def streamlit_app():
 
 
 @pytest.fixture(scope="module")
-def browser():
-    yield from test_browser.browser.__wrapped__()
+def playwright():
+    yield from test_browser.playwright.__wrapped__()
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    yield from test_browser.browser.__wrapped__(playwright)
 
 
 @pytest.fixture(scope="module")

@@ -139,6 +139,8 @@ def image_problem(data: bytes, name: str, max_pixels: int) -> str | None:
 
 
 IMAGE_SOURCES = ("Sample", "Upload", "Camera")
+#: Largest image upload, in MB: the reference server's default body limit (the app's own limit is a video's).
+IMAGE_UPLOAD_MB = 20
 
 
 def source_control(prefix: str, sources: tuple[str, ...] = IMAGE_SOURCES, label: str = "Image") -> str:
@@ -157,7 +159,7 @@ def image_picker(prefix: str, source: str | None = None) -> PickedImage:
     if source in ("Upload", "Camera"):
         if source == "Upload":
             upload = st.file_uploader("Upload an image", type=["jpg", "jpeg", "png", "webp"], key=f"{prefix}_upload",
-                                      help="JPEG, PNG or WebP; up to 20 MB")
+                                      max_upload_size=IMAGE_UPLOAD_MB, help=f"JPEG, PNG or WebP; up to {IMAGE_UPLOAD_MB} MB")
             name = f"{upload.name!r}" if upload else ""
         else:
             upload = st.camera_input("Take a picture", key=f"{prefix}_camera")

@@ -34,6 +34,18 @@ MAX_EDGES = {"320 px": 320, "480 px": 480, "640 px": 640, "960 px": 960, "1280 p
 REFRESH_S = 0.25
 
 
+@dataclass
+class VideoRun:
+    """A run kept in the session: its job, what it ran on, and whether the history has it yet."""
+
+    job: VideoJob
+    label: str
+    model_id: str
+    mode: str
+    folder: Path
+    recorded: bool = False
+
+
 @dataclass(frozen=True)
 class Clip:
     """The clip on screen: its file, what to call it, and an identity for "results belong to these inputs"."""
@@ -77,8 +89,11 @@ def clip_picker(prefix: str) -> Clip:
         or "Sample clip"
     if choice == "Sample clip":
         info, problem = clip_problem(str(SAMPLE_CLIP), "sample", settings.max_video_bytes, settings.max_video_seconds)
-        return Clip(None if problem else SAMPLE_CLIP, "sample-clip.mp4", "sample", sample=True, error=problem,
-                    info=info)
+        if problem:
+            st.error(f"The sample clip cannot be used with this app's settings: {_named(problem, SAMPLE_CLIP, None)}.",
+                     icon=":material/videocam_off:")
+            return Clip(None, None, None, sample=True, error=problem)
+        return Clip(SAMPLE_CLIP, "sample-clip.mp4", "sample", sample=True, info=info)
     limit_mb = max(1, settings.max_video_bytes // 2**20)
     upload = st.file_uploader("Upload a video", type=CLIP_TYPES, key=f"{prefix}_video_upload",
                               max_upload_size=limit_mb,
@@ -89,10 +104,15 @@ def clip_picker(prefix: str) -> Clip:
     path = _saved_upload(upload)
     info, problem = clip_problem(str(path), upload.file_id, settings.max_video_bytes, settings.max_video_seconds)
     if problem:
-        problem = problem.replace("the file ", "", 1)
+        problem = _named(problem, path, upload.name)
         st.error(f"This video cannot be used: {problem}.", icon=":material/videocam_off:")
         return Clip(None, None, None, error=problem)
     return Clip(path, upload.name, upload.file_id, info=info)
+
+
+def _named(problem: str, path: Path, name: str | None) -> str:
+    """A problem as said of the clip people picked (not of this session's copy of it)."""
+    return problem.replace(f"the file {path.name!r}", repr(name) if name else "it", 1)
 
 
 def _saved_upload(upload: Any) -> Path:
@@ -150,12 +170,12 @@ def forget_stale(prefix: str, key: str) -> None:
         st.session_state.pop(f"{prefix}_video_inputs", None)
 
 
-def _discard(job: VideoJob | None) -> None:
-    if job is not None:
-        job.stop()
-        job.wait(30)
+def _discard(kept: VideoRun | None) -> None:
+    if kept is not None:
+        kept.job.stop()
+        kept.job.wait(30)
         with contextlib.suppress(OSError):
-            shutil.rmtree(job.columns[next(iter(job.columns))].video_path.parent)
+            shutil.rmtree(kept.folder)
 
 
 def run(prefix: str, model_id: str, mode: str, clip: Clip, params: dict[str, Any]) -> VideoJob | None:
@@ -174,8 +194,7 @@ def run(prefix: str, model_id: str, mode: str, clip: Clip, params: dict[str, Any
         st.session_state[f"{prefix}_video_errors"] = {name: exc for name in models}
         shutil.rmtree(folder, ignore_errors=True)
         return None
-    job.label, job.model_id, job.mode = clip.label, model_id, mode
-    st.session_state[f"{prefix}_video"] = job
+    st.session_state[f"{prefix}_video"] = VideoRun(job, clip.label, model_id, mode, folder)
     if sidebar.targets(mode) != ("local",):
         sidebar.count_remote_run()
     return job.start()
@@ -234,12 +253,13 @@ def _draw_live(job: VideoJob, bar: Any, slots: dict[str, tuple[Any, Any]]) -> No
 def render(prefix: str) -> None:
     """The kept run: per column the annotated video, its figures and downloads; the latency over the clip; in
     Compare, the parity frame by frame."""
-    job: VideoJob | None = st.session_state.get(f"{prefix}_video")
+    kept: VideoRun | None = st.session_state.get(f"{prefix}_video")
     errors = st.session_state.get(f"{prefix}_video_errors", {})
     for name, error in errors.items():
-        ui.show_error(error, backend=name if len(errors) + len(job.columns if job else ()) > 1 else None)
-    if job is None:
+        ui.show_error(error, backend=name if len(errors) + len(kept.job.columns if kept else ()) > 1 else None)
+    if kept is None:
         return
+    job = kept.job
     if not job.done:
         with st.spinner("Stopping after the frame in progress…"):
             job.wait(120)
@@ -248,13 +268,13 @@ def render(prefix: str) -> None:
     done = max(len(column.frames) for column in columns.values())
     stride = job.options["stride"]
     info = job.info
-    what = f"{job.label} · {info.width}×{info.height} · {info.fps:.0f} frames/s" + (
+    what = f"{kept.label} · {info.width}×{info.height} · {info.fps:.0f} frames/s" + (
         f" · 1 frame in {stride}" if stride > 1 else "")
     if job.stopped and expected and done < expected:
         st.warning(f"Stopped at frame {done} of {expected}: what was done is below. {what}", icon=":material/stop:")
     else:
         st.caption(f"{done} frames run. {what}")
-    record(prefix, job)
+    record(kept)
     grid = st.columns(len(columns)) if len(columns) > 1 else [st.container()]
     for cell, (name, column) in zip(grid, columns.items(), strict=True):
         with cell:
@@ -350,31 +370,25 @@ def _parity(job: VideoJob) -> None:
         st.altair_chart(chart.properties(height=160), width="stretch")
 
 
-def record(prefix: str, job: VideoJob) -> None:
+def record(kept: VideoRun) -> None:
     """One history row per column of a run, once."""
-    if getattr(job, "recorded", False):
+    if kept.recorded:
         return
-    job.recorded = True
+    kept.recorded = True
+    job = kept.job
     for name, column in job.columns.items():
         fps = column.frames_per_second
         output = f"error: {column.error}" if column.error is not None else \
             f"{len(column.frames)} frames, {fps or 0:.1f} frames/s"
-        ui.record_row({"page": "object detection (video)", "backend": name, "mode": job.mode, "model": job.model_id,
-                       "task": TASK, "prompt": job.label, "output": output, "total_ms": column.latency_ms(50),
+        ui.record_row({"page": "object detection (video)", "backend": name, "mode": kept.mode, "model": kept.model_id,
+                       "task": TASK, "prompt": kept.label, "output": output, "total_ms": column.latency_ms(50),
                        **{key: value for key, value in job.options.items() if value is not None}})
-
-
-def stop_all(prefix: str) -> None:
-    """Stop a run still going (its page was left for another source)."""
-    job: VideoJob | None = st.session_state.get(f"{prefix}_video")
-    if job is not None and not job.done:
-        job.stop()
-
 
 
 def need_clip(clip: Clip) -> None:
     """Said when a run is asked for without a usable clip."""
     if clip.error:
-        st.error(f"Nothing was run: {clip.error}. Or pick the sample clip.", icon=":material/videocam_off:")
+        other = "Upload a video" if clip.sample else "Or pick the sample clip"
+        st.error(f"Nothing was run: the clip cannot be used (above). {other}.", icon=":material/videocam_off:")
     else:
         st.warning("Upload a video or pick the sample clip first.", icon=":material/movie:")
