@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import InvalidInput, RemoteNotConfigured
@@ -73,6 +73,10 @@ def _list(value: Any) -> Any:
                  for item in items if not isinstance(item, str) or item.strip())
 
 
+#: A list of strings that may also be written comma-separated, as the environment holds it.
+_StringList = Annotated[tuple[str, ...], BeforeValidator(_list)]
+
+
 def _check_url(url: str, where: str) -> str:
     url = url.strip()
     parts = urlsplit(url)
@@ -97,7 +101,7 @@ class Endpoint(BaseModel):
 
     name: str
     # NOTE: left out of the repr: a URL's query may hold a key (what is shown of an endpoint is ``hosts``).
-    urls: tuple[str, ...] = Field(min_length=1, validation_alias=AliasChoices("urls", "url"), repr=False)
+    urls: _StringList = Field(min_length=1, validation_alias=AliasChoices("urls", "url"), repr=False)
     protocol: Literal["studio", "openai", "hf", "auto"] = "studio"
     token: SecretStr | None = None
     #: Our model id → the server's name for it (vLLM's ``--served-model-name``); others keep their id.
@@ -109,11 +113,6 @@ class Endpoint(BaseModel):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
             raise ValueError("use up to 64 letters, digits, '-', '_' or '.' (it appears in share links)")
         return name
-
-    @field_validator("urls", mode="before")
-    @classmethod
-    def _url_list(cls, value: Any) -> Any:
-        return _list(value)
 
     @field_validator("urls")
     @classmethod
@@ -193,14 +192,9 @@ class IceServer(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    urls: tuple[str, ...] = Field(min_length=1)
+    urls: _StringList = Field(min_length=1)
     username: str | None = None
     credential: SecretStr | None = None
-
-    @field_validator("urls", mode="before")
-    @classmethod
-    def _url_list(cls, value: Any) -> Any:
-        return _list(value)
 
     @field_validator("urls")
     @classmethod

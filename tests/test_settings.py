@@ -168,3 +168,44 @@ def test_an_unknown_endpoint_name_lists_the_configured_ones():
     settings = Settings(endpoints={"vllm": {"url": "http://x/v1", "protocol": "openai"}})
     with pytest.raises(InvalidInput, match=r"backend 'vlm' is not one of .*configured: vllm"):
         load_model("m", task="text-generation", backend="vlm", settings=settings)
+
+
+def test_video_limits_and_ice_servers(monkeypatch):
+    settings = Settings(max_video_bytes="50MB", max_video_seconds="30")
+    assert (settings.max_video_bytes, settings.max_video_seconds) == (50_000_000, 30.0)
+    assert Settings().ice_servers == ()  # none by default: no outside server learns of a stream
+    monkeypatch.setenv("INFERENCE_ICE_SERVERS", "stun:stun.example.org:3478, turn:turn.example.org:3478")
+    assert [server.urls for server in Settings().ice_servers] == [("stun:stun.example.org:3478",),
+                                                                  ("turn:turn.example.org:3478",)]
+    secret = "turn-password-123"
+    monkeypatch.setenv("INFERENCE_ICE_SERVERS",
+                       f'[{{"urls": ["turn:turn.example.org:3478"], "username": "studio", "credential": "{secret}"}}]')
+    (server,) = Settings().ice_servers
+    assert secret not in repr(Settings()) and secret not in repr(server)
+    assert server.browser() == {"urls": ["turn:turn.example.org:3478"], "username": "studio", "credential": secret}
+    # secrets.toml's tables work as well.
+    (table,) = Settings.from_mapping({"INFERENCE_ICE_SERVERS": [{"urls": "turns:turn.example.org:5349"}]}).ice_servers
+    assert table.urls == ("turns:turn.example.org:5349",)
+
+
+@pytest.mark.parametrize(("value", "fragment"), [
+    ("http://turn.example.org", "is not a stun:, stuns:, turn: or turns: URL"),
+    ('[{"urls": "turn:x", "credential": "hunter2"', "is not JSON"),
+    ('[{"urls": "turn:x", "credential": "hunter2", "password": "hunter2"}]', "INFERENCE_ICE_SERVERS"),
+    ("5", "stun:"),
+])
+def test_bad_ice_servers_say_what_to_write_and_never_show_a_credential(monkeypatch, value, fragment):
+    monkeypatch.setenv("INFERENCE_ICE_SERVERS", value)
+    with pytest.raises(InvalidInput, match=fragment) as caught:
+        Settings()
+    assert "hunter2" not in str(caught.value)
+
+
+def test_bad_video_limits_name_their_variable(monkeypatch):
+    monkeypatch.setenv("INFERENCE_MAX_VIDEO_SECONDS", "0")
+    with pytest.raises(InvalidInput, match="INFERENCE_MAX_VIDEO_SECONDS=.0. must be greater than 0"):
+        Settings()
+    monkeypatch.setenv("INFERENCE_MAX_VIDEO_SECONDS", "60")
+    monkeypatch.setenv("INFERENCE_MAX_VIDEO_BYTES", "lots")
+    with pytest.raises(InvalidInput, match="INFERENCE_MAX_VIDEO_BYTES"):
+        Settings()
