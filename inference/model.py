@@ -219,12 +219,14 @@ class Model:
         if not 1 <= in_flight <= 16:
             raise InvalidInput(f"in_flight must be between 1 and 16, not {in_flight}")
         reader = VideoReader(source, max_bytes=max_bytes or self.settings.max_video_bytes,
-                             max_seconds=max_seconds or self.settings.max_video_seconds)
-        tracker = Tracker(reader.info.fps / stride) if track else None
+                             max_seconds=max_seconds or self.settings.max_video_seconds,
+                             max_pixels=self.settings.max_image_pixels)
         frames = reader.frames(stride=stride, max_edge=max_edge)
-        pool = ThreadPoolExecutor(in_flight, thread_name_prefix="inference-video") if in_flight > 1 else None
+        pool = None
         pending: deque = deque()
         try:
+            tracker = Tracker(reader.info.fps / stride, threshold=threshold) if track else None
+            pool = ThreadPoolExecutor(in_flight, thread_name_prefix="inference-video") if in_flight > 1 else None
             for frame in frames:
                 if pool is None:
                     yield self._video_frame(frame, self(frame.image, threshold=threshold), tracker)
@@ -238,6 +240,7 @@ class Model:
                 yield self._video_frame(frame, answer.result(), tracker)
         finally:
             frames.close()
+            reader.close()
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)  # a stop ends at once; calls in flight finish alone
 

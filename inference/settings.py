@@ -14,7 +14,17 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import InvalidInput, RemoteNotConfigured
@@ -190,19 +200,28 @@ class IceServer(BaseModel):
         >>> IceServer(urls="turn:turn.example.org:3478", username="studio", credential="...")
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    urls: _StringList = Field(min_length=1)
+    # ``url`` is the older spelling some providers' JSON still carries (Twilio's tokens).
+    urls: _StringList = Field(min_length=1, validation_alias=AliasChoices("urls", "url"))
     username: str | None = None
     credential: SecretStr | None = None
+    credentialType: Literal["password"] | None = Field(None, exclude=True)  # noqa: N815 (the browser's name)
 
     @field_validator("urls")
     @classmethod
     def _ice_urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
         for url in urls:
             if url.split(":", 1)[0] not in ("stun", "stuns", "turn", "turns"):
-                raise ValueError(f"{url.split('?')[0][:60]!r} is not a stun:, stuns:, turn: or turns: URL")
+                raise ValueError(f"{_redact_url(url)[:60]!r} is not a stun:, stuns:, turn: or turns: URL")
         return urls
+
+    @model_validator(mode="after")
+    def _turn_needs_credentials(self) -> IceServer:
+        if any(url.startswith(("turn:", "turns:")) for url in self.urls) and \
+                (self.username is None or self.credential is None):
+            raise ValueError("a turn: server needs a username and a credential (browsers refuse it without)")
+        return self
 
     def browser(self) -> dict[str, Any]:
         """As ``RTCPeerConnection`` takes it (a TURN credential has to reach the browser to be used)."""
@@ -420,6 +439,9 @@ def _explain(exc: ValidationError) -> str:
         where = str(error["loc"][0]) if error["loc"] else ""
         name = _VARIABLES.get(where, where)
         variable = _FIELD_VARIABLES.get(name, name)
+        inner = ".".join(str(part) for part in error["loc"][1:] if not isinstance(part, int))
+        if inner:  # a key inside a table (an ICE server's), named
+            variable = f"{variable} ({inner})"
         secret = name in _SECRETS
         shown = "" if secret or error["type"] == "value_error" else f"={repr(error.get('input'))[:80]}"
         kind = error["type"]

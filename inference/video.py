@@ -26,9 +26,10 @@ from .errors import InvalidInput
 __all__ = ["MAX_VIDEO_BYTES", "MAX_VIDEO_SECONDS", "Frame", "Tracker", "VideoFrameResult", "VideoInfo", "VideoReader",
            "VideoWriter"]
 
-#: Default limits of a clip: its file size and its length (settable per call).
+#: Default limits of a clip: its file size, its length and a frame's pixels (settable per call).
 MAX_VIDEO_BYTES = 200 * 1024 * 1024
 MAX_VIDEO_SECONDS = 600.0
+MAX_FRAME_PIXELS = 40_000_000
 #: Containers browsers play, by suffix: (PyAV format, codec).
 OUTPUT_FORMATS = {".mp4": ("mp4", "libx264"), ".webm": ("webm", "libvpx-vp9")}
 
@@ -69,18 +70,20 @@ class VideoReader:
     """A video file (path, bytes or a binary file), checked on open and decoded one frame at a time.
 
     Raises ``InvalidInput`` with what to do for: a file that is no video, one without a video stream or frames, a
-    codec FFmpeg cannot decode, and a clip over ``max_bytes`` or ``max_seconds``.
+    codec FFmpeg cannot decode, and a clip over ``max_bytes``, ``max_seconds`` or ``max_pixels`` a frame (frames
+    are decoded at their full size before any scaling down). Times count from the clip's first frame, whatever
+    timestamp its container starts at.
     """
 
-    def __init__(self, source: Any, *, max_bytes: int = MAX_VIDEO_BYTES,
-                 max_seconds: float = MAX_VIDEO_SECONDS) -> None:
+    def __init__(self, source: Any, *, max_bytes: int = MAX_VIDEO_BYTES, max_seconds: float = MAX_VIDEO_SECONDS,
+                 max_pixels: int = MAX_FRAME_PIXELS) -> None:
         import av
 
         self.name = _name(source)
         size = _size(source)
         if size is not None and size > max_bytes:
-            raise InvalidInput(f"{self.name} is {size / 2**20:.0f} MB, over the {max_bytes / 2**20:.0f} MB limit for "
-                               "a video: trim it or send a shorter clip")
+            raise InvalidInput(f"{self.name} is {_size_text(size)}, over the {_size_text(max_bytes)} limit for a "
+                               "video: trim it or send a shorter clip")
         if size == 0:
             raise InvalidInput(f"{self.name} is empty: send an MP4, WebM or MOV video")
         opened = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
@@ -94,13 +97,24 @@ class VideoReader:
                 raise InvalidInput(f"{self.name} has no video stream (audio only?): send a video")
             stream = self._stream = self._container.streams.video[0]
             stream.thread_type = "AUTO"
-            duration = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
-                        else self._container.duration / 1e6 if self._container.duration else None)
+            context = stream.codec_context
+            if context.width * context.height > max_pixels:
+                raise InvalidInput(f"{self.name}'s frames are {context.width}x{context.height} pixels, over the "
+                                   f"{max_pixels:,} pixel limit: scale it down (1920x1080 is plenty for detection)")
+            # Some containers (MKV, MPEG-TS, a cut clip) start their timestamps past 0: times count from the start.
+            self._start_s = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base \
+                else 0.0
+            duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
+            if duration is None and self._container.duration:
+                # Matroska's container duration counts from 0, not from its first timestamp; MP4's does not.
+                duration = self._container.duration / 1e6
+                start = self._container.start_time / 1e6 if self._container.start_time else 0.0
+                if 0 < start < duration:
+                    duration -= start
             if duration is not None and duration > max_seconds:
                 raise InvalidInput(f"{self.name} lasts {duration:.0f} s, over the {max_seconds:.0f} s limit: trim it "
                                    "or send a shorter clip")
             fps = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
-            context = stream.codec_context
             self.info = VideoInfo(width=context.width, height=context.height, fps=fps, duration_s=duration,
                                   frames=stream.frames or None, codec=context.name)
             self.max_seconds = max_seconds
@@ -119,7 +133,7 @@ class VideoReader:
         try:
             for index, frame in enumerate(self._decode()):
                 decoded += 1
-                time_s = float(frame.time) if frame.time is not None else index / self.info.fps
+                time_s = float(frame.time) - self._start_s if frame.time is not None else index / self.info.fps
                 if time_s > self.max_seconds:
                     raise InvalidInput(f"{self.name} runs past the {self.max_seconds:.0f} s limit: trim it or send "
                                        "a shorter clip")
@@ -213,11 +227,13 @@ class Tracker:
     stays with its object from frame to frame. Every detection is kept: one ByteTrack does not track yet (an object
     in the first frame it appears in) has ``tracker_id`` -1, and is drawn without an id."""
 
-    def __init__(self, fps: float = 30.0, *, lost_frames: int = 30, activation_threshold: float = 0.25) -> None:
+    def __init__(self, fps: float = 30.0, *, threshold: float = 0.5, lost_frames: int = 30) -> None:
         from trackers import ByteTrackTracker
 
+        # The detections come filtered at ``threshold`` already: every one of them may start a track (ByteTrack's
+        # own "high confidence" default, 0.6, would leave boxes scored between the threshold and 0.6 untracked).
         self._tracker = ByteTrackTracker(frame_rate=fps, lost_track_buffer=lost_frames,
-                                         track_activation_threshold=activation_threshold,
+                                         track_activation_threshold=threshold, high_conf_det_threshold=threshold,
                                          minimum_consecutive_frames=1)
 
     def update(self, detections):
@@ -240,6 +256,10 @@ def _size(source: Any) -> int | None:
             raise InvalidInput(f"{_name(source)} cannot be read: check the path") from None
     size = getattr(source, "size", None)
     return size if isinstance(size, int) else None
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 2**20:,.0f} MB" if size >= 2**20 else f"{size / 1024:,.0f} KB" if size >= 1024 else f"{size} bytes"
 
 
 def _reason(exc: BaseException) -> str:

@@ -118,19 +118,21 @@ class VideoJob:
         reference: the column every other is matched with, frame by frame (None: no parity).
         threshold, track, stride, max_edge: as ``Model.video`` takes them.
         suffix: ``.mp4`` (H.264) or ``.webm`` (VP9) for the annotated videos.
+        idle_stop_s: stop when nobody has called ``touch()`` for this many seconds (a UI that polls the job calls
+            it; its page closed, the job ends instead of running the whole clip for no one). None: never.
     """
 
     def __init__(self, models: Mapping[str, Any], clip: str | Path, *, directory: str | Path,
                  reference: str | None = None, threshold: float = 0.5, track: bool = True, stride: int = 1,
-                 max_edge: int | None = 640, suffix: str = ".mp4") -> None:
+                 max_edge: int | None = 640, suffix: str = ".mp4", idle_stop_s: float | None = None) -> None:
         if not models:
             raise InferenceError("a video job needs at least one model")
         self.models = dict(models)
         self.clip = Path(clip)
         self.options = {"threshold": threshold, "track": track, "stride": stride, "max_edge": max_edge}
         settings = next(iter(self.models.values())).settings
-        with VideoReader(self.clip, max_bytes=settings.max_video_bytes,
-                         max_seconds=settings.max_video_seconds) as reader:
+        with VideoReader(self.clip, max_bytes=settings.max_video_bytes, max_seconds=settings.max_video_seconds,
+                         max_pixels=settings.max_image_pixels) as reader:
             self.info: VideoInfo = reader.info
         self.reference = reference if reference in self.models and len(self.models) > 1 else None
         directory = Path(directory)
@@ -141,6 +143,10 @@ class VideoJob:
         self._waiting: dict[str, dict[int, DetectionResult]] = {name: {} for name in self.models}
         self._matched: dict[int, int] = {}  # frame → columns matched with the reference's frame so far
         self._stop = threading.Event()
+        self.idle_stop_s = idle_stop_s
+        self._touched = time.monotonic()
+        #: True when the job stopped itself because nobody watched it (``idle_stop_s``).
+        self.unwatched = False
         self._threads = [threading.Thread(target=self._run, args=(name,), name=f"inference-video-{name}", daemon=True)
                          for name in self.models]
 
@@ -158,6 +164,10 @@ class VideoJob:
         for thread in self._threads:
             thread.start()
         return self
+
+    def touch(self) -> None:
+        """Say that someone still watches the job (see ``idle_stop_s``)."""
+        self._touched = time.monotonic()
 
     def stop(self) -> None:
         """Ask every model to end after the frame it is on (``wait`` to know when they have)."""
@@ -189,6 +199,9 @@ class VideoJob:
             with contextlib.closing(frames), VideoWriter(column.video_path, self.output_fps) as writer, \
                     column.lines_path.open("w", encoding="utf-8") as lines:
                 for frame in frames:
+                    if self.idle_stop_s is not None and time.monotonic() - self._touched > self.idle_stop_s:
+                        self.unwatched = True
+                        self._stop.set()
                     if self._stop.is_set():
                         break
                     result: DetectionResult = frame.result
@@ -218,7 +231,8 @@ class VideoJob:
         """One call on the clip's first frame before the clip: it loads the model where it runs (a remote server
         loads on its first request), so that a model's load is not counted in its frames/s and latency."""
         with VideoReader(self.clip, max_bytes=model.settings.max_video_bytes,
-                         max_seconds=model.settings.max_video_seconds) as reader:
+                         max_seconds=model.settings.max_video_seconds,
+                         max_pixels=model.settings.max_image_pixels) as reader:
             frames = reader.frames(max_edge=self.options["max_edge"])
             with contextlib.closing(frames):
                 first = next(frames)
@@ -275,35 +289,65 @@ def _file_name(name: str) -> str:
 class LiveDetector:
     """Detection and tracking on a live stream, frame by frame (the Live camera: each frame a camera sends).
 
-    ``process`` takes an RGB frame and returns it annotated, with track ids; it is called from the stream's thread,
-    one frame at a time. A failing frame comes back as it was, and its error stays in ``snapshot()`` until a frame
-    succeeds again; the stream goes on. The figures cover the last ``window`` frames.
+    ``process`` takes an RGB frame and returns it annotated, with track ids; the stream calls it from its own thread,
+    one frame at a time. The backend's call runs in a thread of this detector's, and ``process`` waits for it at
+    most ``frame_timeout_s``: a slower answer (a hung endpoint) and any failure leave the frame as it came, with the
+    reason in ``snapshot()``, and frames that come while the backend is still busy pass through unannotated. So the
+    stream never stalls on the backend. The figures cover the last ``window`` frames; frames per second fall to 0
+    when no frame has been done for 3 s.
     """
 
     def __init__(self, model: Any, *, threshold: float = 0.5, track: bool = True, max_edge: int | None = 640,
-                 fps: float = 30.0, window: int = 120) -> None:
+                 fps: float = 30.0, window: int = 120, frame_timeout_s: float = 5.0) -> None:
         from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
 
         from .video import Tracker
 
-        self.model, self.threshold, self.max_edge = model, threshold, max_edge
-        self._tracker = Tracker(fps) if track else None
+        self.model, self.threshold, self.max_edge, self.frame_timeout_s = model, threshold, max_edge, frame_timeout_s
+        self._tracker = Tracker(fps, threshold=threshold) if track else None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="inference-live")
+        self._pending = None
         self._lock = threading.Lock()
         self._latency: deque[float] = deque(maxlen=window)
         self._done: deque[float] = deque(maxlen=window)
         self.frames = 0
         self.error: str | None = None
 
+    def warm_up(self) -> float:
+        """One call on a blank frame, which loads the model where it runs (a server loads on its first request);
+        returns its milliseconds. Raises the backend's ``InferenceError``."""
+        edge = self.max_edge or 640
+        started = time.perf_counter()
+        self.model(np.zeros((edge * 9 // 16, edge, 3), dtype=np.uint8), threshold=self.threshold)
+        return (time.perf_counter() - started) * 1000
+
     def process(self, image: np.ndarray) -> np.ndarray:
+        from concurrent.futures import TimeoutError as FutureTimeout
+
         image = _fit(image, self.max_edge)
+        if self._pending is not None and not self._pending.done():
+            return image  # the backend is still on an earlier frame
+        self._pending = self._pool.submit(self._detect, image)
+        try:
+            return self._pending.result(timeout=self.frame_timeout_s)
+        except FutureTimeout:
+            self._fail(f"the backend took over {self.frame_timeout_s:g} s for one frame: frames pass unannotated "
+                       "until it answers")
+            return image
+
+    def _detect(self, image: np.ndarray) -> np.ndarray:
         try:
             result: DetectionResult = self.model(image, threshold=self.threshold)
+            detections = self._tracker.update(result.detections) if self._tracker is not None else result.detections
+            annotated = np.asarray(annotate_detections(image, detections, labels=labels_for(detections)))
         except InferenceError as exc:
-            with self._lock:
-                self.error = f"{type(exc).__name__}: {exc}"
+            self._fail(f"{type(exc).__name__}: {exc}")
             return image
-        detections = self._tracker.update(result.detections) if self._tracker is not None else result.detections
-        annotated = np.asarray(annotate_detections(image, detections, labels=labels_for(detections)))
+        except Exception as exc:  # a bug: the stream goes on, the page says it, the log has the traceback
+            log.exception("a live frame failed")
+            self._fail(f"{type(exc).__name__}: {exc}")
+            return image
         with self._lock:
             self.frames += 1
             self.error = None
@@ -311,16 +355,27 @@ class LiveDetector:
             self._done.append(time.perf_counter())
         return annotated
 
+    def _fail(self, reason: str) -> None:
+        with self._lock:
+            self.error = reason
+
     def snapshot(self) -> dict[str, Any]:
         """frames (all so far), frames_per_second, p50_ms and p95_ms (of the recent ones), error (or None)."""
         with self._lock:
             latency, done = list(self._latency), list(self._done)
             out: dict[str, Any] = {"frames": self.frames, "error": self.error}
-        out["frames_per_second"] = (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 and done[-1] > done[0] \
-            else None
+        if done and time.perf_counter() - done[-1] > 3.0:
+            out["frames_per_second"] = 0.0  # stalled: no frame done lately
+        else:
+            out["frames_per_second"] = (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 and done[-1] > done[0] \
+                else None
         out["p50_ms"] = float(np.percentile(latency, 50)) if latency else None
         out["p95_ms"] = float(np.percentile(latency, 95)) if latency else None
         return out
+
+    def close(self, *, wait: bool = False) -> None:
+        """Let the backend's thread go: a call in progress finishes alone, or is waited for with ``wait``."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def _fit(image: np.ndarray, max_edge: int | None) -> np.ndarray:

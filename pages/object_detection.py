@@ -42,8 +42,10 @@ with left:
     params = {"threshold": st.session_state[f"{P}_threshold"]}
     share = {**sidebar.share_params(), "model": model_id, "threshold": params["threshold"], "source": source}
     if source in ("Video", "Live camera"):
-        options = video.options(P)
-        share.update(stride=options["stride"], max_edge=st.session_state[f"{P}_max_edge"])
+        options = video.options(P, stride=source == "Video")
+        share.update(max_edge=st.session_state[f"{P}_max_edge"])
+        if source == "Video":
+            share.update(stride=options["stride"])
     if source == "Video":
         video_params = {**params, **options}
         video.forget_stale(P, video.inputs_key(model_id, mode, clip, video_params))
@@ -67,24 +69,22 @@ with left:
                           st.session_state[f"{P}_runs"])
         detection.preview(P, picked)
     elif source == "Video":
-        job = None
         if go and clip.path is None:
             video.need_clip(clip)
         elif go:
-            job = video.run(P, model_id, mode, clip, video_params)
-        if clip.path is not None and st.session_state.get(f"{P}_video") is None and job is None:
-            st.video(str(clip.path))
+            video.run(P, model_id, mode, clip, video_params)
+        video.preview(clip)
 
 with right:
+    if source != "Video":
+        video.stop_running(P)  # another source is on screen
     if source in ui.IMAGE_SOURCES:
         detection.render(P)
     elif source == "Video":
-        if job is not None:
-            video.play(job)
         video.render(P)
     else:
         live.stream(P, model_id, backend, params["threshold"], options)
 
 ui.history()
-ui.remember([item.key for item in SHARED.values()] + [f"{P}_runs", f"{P}_track"])
+ui.remember([item.key for item in SHARED.values()] + [f"{P}_runs", f"{P}_track", f"{P}_clip"])
 app.finish()

@@ -6,6 +6,7 @@ parity; bad files; results that belong to the inputs on screen; the token kept o
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from test_app import TOKEN, app, click, endpoint, page_text  # noqa: F401 (endpoint is a fixture)
@@ -17,8 +18,19 @@ def video_page(**query):
     return app("object-detection", query={"source": "Video", **query})
 
 
+def detect(at, timeout: float = 120.0):
+    """Click "Detect on video" and rerun the page (as its live view does) until the run's results are shown."""
+    click(at, "od_video_go")
+    deadline = time.monotonic() + timeout
+    while "frames run" not in page_text(at) and not at.warning and time.monotonic() < deadline:
+        time.sleep(0.2)
+        at.run()
+        assert not at.exception, at.exception
+    return at
+
+
 def test_the_sample_clip_runs_tracked_with_figures_and_downloads():
-    at = click(video_page(stride="4"), "od_video_go")
+    at = detect(video_page(stride="4"))
     assert not at.error, [error.value for error in at.error]
     text = page_text(at)
     assert "30 frames run. sample-clip.mp4 · 640×360 · 15 frames/s · 1 frame in 4" in text
@@ -33,8 +45,8 @@ def test_the_sample_clip_runs_tracked_with_figures_and_downloads():
 
 
 def test_compare_on_video_matches_every_frame_and_keeps_the_token_off_the_page(endpoint):  # noqa: F811
-    at = click(app("object-detection", query={"source": "Video", "mode": "compare", "stride": "6"},
-                   secrets=endpoint), "od_video_go")
+    at = detect(app("object-detection", query={"source": "Video", "mode": "compare", "stride": "6"},
+                    secrets=endpoint))
     assert not at.error, [error.value for error in at.error]
     assert [header.value for header in at.subheader][:2] == ["Local", "Remote"]
     metrics = {metric.label: metric.value for metric in at.metric}
@@ -67,7 +79,37 @@ def test_a_clip_over_the_length_limit_is_refused_with_the_setting_to_change():
 
 
 def test_results_belong_to_the_inputs_on_screen():
-    at = click(video_page(stride="6"), "od_video_go")
+    at = detect(video_page(stride="6"))
     assert "20 frames run" in page_text(at)
     at.slider[0].set_value(0.3).run()  # the threshold: the kept run was not made with it
     assert "frames run" not in page_text(at) and not at.get("download_button")[:-1]
+
+
+def test_the_live_view_shows_progress_while_the_clip_runs_and_stop_keeps_what_was_done():
+    at = click(video_page(max_edge="Full size"), "od_video_go")  # returns at once: the clip runs in threads
+    assert at.get("progress") or "Warming up" in page_text(at)
+    assert not at.button(key="od_video_stop").disabled
+    deadline = time.monotonic() + 60
+    while "frames/s · p50" not in page_text(at) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        at.run()
+    click(at, "od_video_stop")
+    deadline = time.monotonic() + 60
+    while not at.warning and time.monotonic() < deadline:
+        time.sleep(0.2)
+        at.run()
+    assert any(warning.value.startswith("Stopped at frame ") for warning in at.warning)
+    assert at.get("video") and at.button(key="od_video_stop").disabled
+    history = at.dataframe[-1].value
+    assert history.iloc[-1]["page"] == "object detection (video)"
+
+
+def test_a_backend_that_is_down_is_its_columns_error_and_nothing_says_stopped(unused_port):
+    secrets = {"REMOTE_INFERENCE_ENABLED": "true", "REMOTE_INFERENCE_TOKEN": TOKEN, "REMOTE_INFERENCE_TIMEOUT": "3",
+               "REMOTE_INFERENCE_ENDPOINT": f"http://127.0.0.1:{unused_port}/inference"}
+    at = app("object-detection", query={"source": "Video", "mode": "compare", "stride": "6"}, secrets=secrets)
+    at = detect(at)
+    assert any("cannot reach the remote endpoint" in error.value for error in at.error)
+    assert not any("Stopped" in warning.value for warning in at.warning)
+    assert "20 frames run" in page_text(at)  # the local column ran
+    assert TOKEN not in page_text(at)

@@ -174,9 +174,9 @@ def test_video_limits_and_ice_servers(monkeypatch):
     settings = Settings(max_video_bytes="50MB", max_video_seconds="30")
     assert (settings.max_video_bytes, settings.max_video_seconds) == (50_000_000, 30.0)
     assert Settings().ice_servers == ()  # none by default: no outside server learns of a stream
-    monkeypatch.setenv("INFERENCE_ICE_SERVERS", "stun:stun.example.org:3478, turn:turn.example.org:3478")
+    monkeypatch.setenv("INFERENCE_ICE_SERVERS", "stun:stun.example.org:3478, stun:stun2.example.org:3478")
     assert [server.urls for server in Settings().ice_servers] == [("stun:stun.example.org:3478",),
-                                                                  ("turn:turn.example.org:3478",)]
+                                                                  ("stun:stun2.example.org:3478",)]
     secret = "turn-password-123"
     monkeypatch.setenv("INFERENCE_ICE_SERVERS",
                        f'[{{"urls": ["turn:turn.example.org:3478"], "username": "studio", "credential": "{secret}"}}]')
@@ -184,12 +184,17 @@ def test_video_limits_and_ice_servers(monkeypatch):
     assert secret not in repr(Settings()) and secret not in repr(server)
     assert server.browser() == {"urls": ["turn:turn.example.org:3478"], "username": "studio", "credential": secret}
     # secrets.toml's tables work as well.
-    (table,) = Settings.from_mapping({"INFERENCE_ICE_SERVERS": [{"urls": "turns:turn.example.org:5349"}]}).ice_servers
-    assert table.urls == ("turns:turn.example.org:5349",)
+    (table,) = Settings.from_mapping({"INFERENCE_ICE_SERVERS": [
+        {"url": "turns:turn.example.org:5349", "username": "u", "credential": "c", "credentialType": "password"}]}
+    ).ice_servers  # Twilio's JSON still says "url" and "credentialType"
+    assert table.urls == ("turns:turn.example.org:5349",) and "credentialType" not in table.browser()
 
 
 @pytest.mark.parametrize(("value", "fragment"), [
     ("http://turn.example.org", "is not a stun:, stuns:, turn: or turns: URL"),
+    ("https://user:hunter2@turn.example.org", "'https://turn.example.org' is not a stun:"),  # user info redacted
+    ("turn:turn.example.org:3478", "a turn: server needs a username and a credential"),
+    ('[{"urls": "stun:x", "password": "hunter2"}]', r"INFERENCE_ICE_SERVERS \(password\) Extra inputs"),
     ('[{"urls": "turn:x", "credential": "hunter2"', "is not JSON"),
     ('[{"urls": "turn:x", "credential": "hunter2", "password": "hunter2"}]', "INFERENCE_ICE_SERVERS"),
     ("5", "stun:"),

@@ -64,10 +64,35 @@ def test_files_that_are_no_video_say_so(data, fragment):
 
 
 def test_limits_on_size_and_length(clip):
-    with pytest.raises(InvalidInput, match="over the 0 MB limit"):
+    with pytest.raises(InvalidInput, match=r"is \d+ KB, over the 100 bytes limit"):
         VideoReader(clip, max_bytes=100)
+    with pytest.raises(InvalidInput, match="frames are 160x120 pixels, over the 10,000 pixel limit"):
+        VideoReader(clip, max_pixels=10_000)
     with pytest.raises(InvalidInput, match=r"lasts 2 s, over the 1 s limit"):
         VideoReader(clip, max_seconds=1)
+
+
+def test_times_count_from_the_first_frame_whatever_the_container_starts_at(tmp_path):
+    """MKV (and WebM) say their duration from 0: a 2 s clip whose timestamps start at 700 s is not 702 s long."""
+    import av
+    from fractions import Fraction
+
+    for name, container in (("late.mkv", "matroska"), ("late.mp4", "mp4")):
+        path = tmp_path / name
+        with av.open(str(path), "w", format=container) as out:
+            stream = out.add_stream("libx264", rate=15)
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+            for index in range(30):
+                frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+                frame.pts, frame.time_base = 700 * 15 + index, Fraction(1, 15)
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        with VideoReader(path, max_seconds=60) as reader:
+            assert reader.info.duration_s == pytest.approx(2.0, abs=0.1)
+            times = [frame.time_s for frame in reader.frames()]
+        assert times[0] == 0.0 and times[-1] == pytest.approx(29 / 15, abs=0.01)
 
 
 def test_a_truncated_clip_gives_what_it_has_or_a_clear_error(clip):
@@ -245,3 +270,39 @@ def test_the_live_detector_annotates_tracks_and_survives_a_failing_backend(demo_
 def _written(path, data: bytes):
     path.write_bytes(data)
     return path
+
+
+def test_boxes_under_bytetracks_own_high_confidence_still_get_an_id():
+    """ByteTrack starts tracks only from "high confidence" boxes (0.6 by default); ours are the threshold's."""
+    tracker = Tracker(fps=15, threshold=0.3)
+    ids = []
+    for index in range(5):
+        x = 10.0 + 6 * index
+        tracked = tracker.update(sv.Detections(xyxy=np.array([[x, 40.0, x + 40, 80.0]]), confidence=np.array([0.35]),
+                                               class_id=np.array([0])))
+        ids.extend(tracked.tracker_id.tolist())
+    assert len(set(ids[1:])) == 1 and ids[1] >= 0
+
+
+def test_a_hung_backend_never_holds_the_live_stream(session_engine):
+    """A server that takes the connection and never answers: each frame passes after frame_timeout_s, unannotated,
+    with the reason, and frames that come meanwhile pass at once."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel accepts; nobody ever reads or answers
+    try:
+        hung = load_model("det", task="object-detection", backend="remote", engine=session_engine,
+                          settings=Settings(remote_enabled=True, remote_timeout=30, remote_endpoints=(
+                              f"http://127.0.0.1:{silent.getsockname()[1]}/inference",)))
+        live = LiveDetector(hung, frame_timeout_s=0.5)
+        frame = _moving_square(0)
+        started = time.perf_counter()
+        assert np.array_equal(live.process(frame), frame)
+        assert np.array_equal(live.process(frame), frame)  # the backend is still busy: through at once
+        assert time.perf_counter() - started < 2.0
+        assert "the backend took over 0.5 s for one frame" in live.snapshot()["error"]
+    finally:
+        silent.close()  # the hung call fails now, and its thread ends
+    live.close(wait=True)

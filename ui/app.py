@@ -16,7 +16,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from . import sidebar, state
+from . import sidebar, state, video
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,6 +56,8 @@ def start(page: PageInfo) -> str:
     title = HOME.title if page is HOME else f"{page.title} · {HOME.title}"
     st.set_page_config(page_title=title, page_icon=page.icon, layout="wide")
     state.model_libraries()  # torch and transformers start importing in their own thread, once per app process
+    if page is not OBJECT_DETECTION:
+        video.stop_every_run()  # a clip runs while its page is shown (what was done stays for later)
     sidebar.restore_mode()
     navigation()
     return sidebar.render()

@@ -144,11 +144,17 @@ IMAGE_UPLOAD_MB = 20
 
 
 def source_control(prefix: str, sources: tuple[str, ...] = IMAGE_SOURCES, label: str = "Image") -> str:
-    """Where the page's input comes from (``{prefix}_source``); clicking the chosen one off keeps it."""
-    key, last = f"{prefix}_source", f"_last:{prefix}_source"
-    if st.session_state.get(key) not in sources:
-        st.session_state[key] = st.session_state[last] if st.session_state.get(last) in sources else sources[0]
-    st.session_state[last] = st.segmented_control(label, sources, key=key, width="content")
+    """Where the page's input comes from (``{prefix}_source``)."""
+    return sticky_choice(label, sources, f"{prefix}_source")
+
+
+def sticky_choice(label: str, options: tuple[str, ...], key: str) -> str:
+    """A segmented control that always has one option chosen: the first at first, and clicking the chosen one off
+    keeps it (a bare segmented control would fall back to none)."""
+    last = f"_last:{key}"
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = st.session_state[last] if st.session_state.get(last) in options else options[0]
+    st.session_state[last] = st.segmented_control(label, options, key=key, width="content")
     return st.session_state[last]
 
 
@@ -166,6 +172,10 @@ def image_picker(prefix: str, source: str | None = None) -> PickedImage:
             name = "the picture"
         if upload is None:
             return PickedImage(None, None, None)
+        if upload.size > IMAGE_UPLOAD_MB * 2**20:  # the browser checks too, but a client may skip it
+            problem = f"{name or 'the picture'} is over {IMAGE_UPLOAD_MB} MB"
+            st.error(f"This file cannot be used: {problem}.", icon=":material/broken_image:")
+            return PickedImage(None, None, None, error=problem)
         data = upload.getvalue()
         problem = image_problem(data, name, state.app_settings().max_image_pixels)
         if problem:

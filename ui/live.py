@@ -59,7 +59,16 @@ def stream(prefix: str, model_id: str, backend: str, threshold: float, options: 
     settings = (model_id, backend, threshold, options["track"], options["max_edge"])
     detector: LiveDetector | None = st.session_state.get(f"{prefix}_live_detector")
     if detector is None or st.session_state.get(f"{prefix}_live_settings") != settings:
+        if detector is not None:
+            detector.close()
         detector = LiveDetector(model, threshold=threshold, track=options["track"], max_edge=options["max_edge"])
+        try:  # before the stream: a first call loads the model where it runs, and would hold up the first frames
+            with st.spinner(f"Warming up {model_id} on the {ui.lower(ui.label(backend))} backend…"):
+                detector.warm_up()
+        except InferenceError as exc:
+            detector.close()
+            ui.show_error(exc)
+            return
         st.session_state[f"{prefix}_live_detector"] = detector
         st.session_state[f"{prefix}_live_settings"] = settings
 
