@@ -30,6 +30,9 @@ __all__ = ["MAX_VIDEO_BYTES", "MAX_VIDEO_SECONDS", "Frame", "Tracker", "VideoFra
 MAX_VIDEO_BYTES = 200 * 1024 * 1024
 MAX_VIDEO_SECONDS = 600.0
 MAX_FRAME_PIXELS = 40_000_000
+#: FFmpeg's demuxers of single pictures (besides the ``*_pipe`` ones: png_pipe, jpeg_pipe, ...): a still image is
+#: not a clip. (An animated GIF is.)
+STILL_IMAGE_FORMATS = {"image2"}
 #: Containers browsers play, by suffix: (PyAV format, codec).
 OUTPUT_FORMATS = {".mp4": ("mp4", "libx264"), ".webm": ("webm", "libvpx-vp9")}
 
@@ -83,18 +86,22 @@ class VideoReader:
         size = _size(source)
         if size is not None and size > max_bytes:
             raise InvalidInput(f"{self.name} is {_size_text(size)}, over the {_size_text(max_bytes)} limit for a "
-                               "video: trim it or send a shorter clip")
+                               "video: trim it or use a shorter clip")
         if size == 0:
-            raise InvalidInput(f"{self.name} is empty: send an MP4, WebM or MOV video")
+            raise InvalidInput(f"{self.name} is empty: use an MP4, WebM or MOV video")
         opened = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
         try:
             self._container = av.open(os.fspath(opened) if isinstance(opened, (str, Path)) else opened, mode="r")
         except (av.error.FFmpegError, ValueError, OSError) as exc:
-            raise InvalidInput(f"{self.name} is not a video FFmpeg can read ({_reason(exc)}): send an MP4, WebM or "
+            raise InvalidInput(f"{self.name} is not a video FFmpeg can read, or is damaged or incomplete "
+                               f"({_reason(exc)}): use an MP4, WebM or "
                                "MOV file") from None
         try:
+            if self._container.format.name in STILL_IMAGE_FORMATS or self._container.format.name.endswith("_pipe"):
+                raise InvalidInput(f"{self.name} is a still image, not a video: detect on it as an image (the Sample, "
+                                   "Upload and Camera inputs), or use a video")
             if not self._container.streams.video:
-                raise InvalidInput(f"{self.name} has no video stream (audio only?): send a video")
+                raise InvalidInput(f"{self.name} has no video stream (audio only?): use a video")
             stream = self._stream = self._container.streams.video[0]
             stream.thread_type = "AUTO"
             context = stream.codec_context
@@ -113,7 +120,7 @@ class VideoReader:
                     duration -= start
             if duration is not None and duration > max_seconds:
                 raise InvalidInput(f"{self.name} lasts {duration:.0f} s, over the {max_seconds:.0f} s limit: trim it "
-                                   "or send a shorter clip")
+                                   "or use a shorter clip")
             fps = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
             self.info = VideoInfo(width=context.width, height=context.height, fps=fps, duration_s=duration,
                                   frames=stream.frames or None, codec=context.name)
@@ -135,7 +142,7 @@ class VideoReader:
                 decoded += 1
                 time_s = float(frame.time) - self._start_s if frame.time is not None else index / self.info.fps
                 if time_s > self.max_seconds:
-                    raise InvalidInput(f"{self.name} runs past the {self.max_seconds:.0f} s limit: trim it or send "
+                    raise InvalidInput(f"{self.name} runs past the {self.max_seconds:.0f} s limit: trim it or use "
                                        "a shorter clip")
                 if index % stride:
                     continue
@@ -150,7 +157,7 @@ class VideoReader:
         finally:
             self.close()
         if not decoded:
-            raise InvalidInput(f"{self.name} has no frames: send a video with at least one frame")
+            raise InvalidInput(f"{self.name} has no frames: use a video with at least one frame")
 
     def _decode(self):
         return self._container.decode(self._stream)

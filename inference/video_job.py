@@ -274,9 +274,9 @@ def _frame_line(index: int, time_s: float, result: DetectionResult) -> dict[str,
     """A frame as one JSON line: its index and time, latency, and each box with its label, score and track id."""
     detections = result.detections
     boxes = detections_to_list(detections)
-    if detections.tracker_id is not None:
-        for box, track in zip(boxes, detections.tracker_id, strict=True):
-            box["track_id"] = int(track) if track >= 0 else None  # None: not tracked yet (its first frame)
+    tracks = detections.tracker_id if detections.tracker_id is not None else [-1] * len(boxes)
+    for box, track in zip(boxes, tracks, strict=True):
+        box["track_id"] = int(track) if track >= 0 else None  # None: not tracked (yet: its first frame, or at all)
     return {"frame": index, "time_s": round(time_s, 3), "latency_ms": round(result.timings.total_ms, 1),
             "server_ms": None if result.timings.server_ms is None else round(result.timings.server_ms, 1),
             "detections": boxes}
@@ -306,7 +306,7 @@ class LiveDetector:
 
         self.model, self.threshold, self.max_edge, self.frame_timeout_s = model, threshold, max_edge, frame_timeout_s
         self._tracker = Tracker(fps, threshold=threshold) if track else None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="inference-live")
+        self._caller = ThreadPoolExecutor(1, thread_name_prefix="inference-live")
         self._pending = None
         self._lock = threading.Lock()
         self._latency: deque[float] = deque(maxlen=window)
@@ -328,7 +328,7 @@ class LiveDetector:
         image = _fit(image, self.max_edge)
         if self._pending is not None and not self._pending.done():
             return image  # the backend is still on an earlier frame
-        self._pending = self._pool.submit(self._detect, image)
+        self._pending = self._caller.submit(self._detect, image)
         try:
             return self._pending.result(timeout=self.frame_timeout_s)
         except FutureTimeout:
@@ -375,7 +375,7 @@ class LiveDetector:
 
     def close(self, *, wait: bool = False) -> None:
         """Let the backend's thread go: a call in progress finishes alone, or is waited for with ``wait``."""
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._caller.shutdown(wait=wait, cancel_futures=True)
 
 
 def _fit(image: np.ndarray, max_edge: int | None) -> np.ndarray:

@@ -3,6 +3,7 @@ image, a video clip (tracked, frame by frame) or the live camera."""
 
 import streamlit as st
 
+from inference.settings import parse_flag
 from ui import app, detection, live, runner, sidebar, state, video
 from ui import components as ui
 
@@ -17,6 +18,7 @@ SHARED = {
     "source": ui.Shared(f"{P}_source", ui.one_of(*SOURCES)),
     "stride": ui.Shared(f"{P}_stride", ui.bounded(int, 1, 30)),
     "max_edge": ui.Shared(f"{P}_max_edge", ui.one_of(*video.MAX_EDGES)),
+    "track": ui.Shared(f"{P}_track", parse_flag),
 }
 ui.setup_page(P, SHARED, {
     f"{P}_model": lambda: state.default_model(TASK),
@@ -43,7 +45,7 @@ with left:
     share = {**sidebar.share_params(), "model": model_id, "threshold": params["threshold"], "source": source}
     if source in ("Video", "Live camera"):
         options = video.options(P, stride=source == "Video")
-        share.update(max_edge=st.session_state[f"{P}_max_edge"])
+        share.update(max_edge=st.session_state[f"{P}_max_edge"], track=str(options["track"]).lower())
         if source == "Video":
             share.update(stride=options["stride"])
     if source == "Video":
@@ -86,5 +88,5 @@ with right:
         live.stream(P, model_id, backend, params["threshold"], options)
 
 ui.history()
-ui.remember([item.key for item in SHARED.values()] + [f"{P}_runs", f"{P}_track", f"{P}_clip"])
+ui.remember([item.key for item in SHARED.values()] + [f"{P}_runs", f"{P}_clip"])
 app.finish()

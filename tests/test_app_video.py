@@ -113,3 +113,25 @@ def test_a_backend_that_is_down_is_its_columns_error_and_nothing_says_stopped(un
     assert not any("Stopped" in warning.value for warning in at.warning)
     assert "20 frames run" in page_text(at)  # the local column ran
     assert TOKEN not in page_text(at)
+
+
+def test_a_clip_cut_short_says_it_may_be_truncated(tmp_path):
+    """A web-ready MP4 (its index first) cut in half plays up to the cut: the run says so instead of "Stopped"."""
+    import av
+
+    whole = tmp_path / "web.mp4"
+    with av.open(str(SAMPLE_CLIP)) as source, av.open(str(whole), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    data = whole.read_bytes()
+    at = video_page(stride="4")
+    at.segmented_control(key="od_clip").set_value("Upload").run()
+    at.file_uploader(key="od_video_upload").set_value(("cut.mp4", data[: len(data) // 2], "video/mp4")).run()
+    assert not at.error, [error.value for error in at.error]
+    at = detect(at)
+    assert any("of the 30 its header announces: the file may be truncated or damaged" in warning.value
+               for warning in at.warning), [warning.value for warning in at.warning]
+    assert not any("Stopped" in warning.value for warning in at.warning)

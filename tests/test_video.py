@@ -306,3 +306,17 @@ def test_a_hung_backend_never_holds_the_live_stream(session_engine):
     finally:
         silent.close()  # the hung call fails now, and its thread ends
     live.close(wait=True)
+
+
+def test_a_still_image_is_not_a_video(photo_png):
+    with pytest.raises(InvalidInput, match="is a still image, not a video: detect on it as an image"):
+        VideoReader(photo_png)
+
+
+def test_untracked_boxes_still_say_track_id_null(clip, demo_dir, session_engine, tmp_path):
+    local = load_model(demo_dir["object-detection"], task="object-detection", backend="local", engine=session_engine)
+    job = VideoJob({"local": local}, clip, directory=tmp_path, threshold=0.3, track=False, stride=5).start()
+    assert job.wait(60) and not job.columns["local"].track_ids
+    boxes = [box for line in job.columns["local"].lines_path.read_text().splitlines()
+             for box in json.loads(line)["detections"]]
+    assert boxes and all(box["track_id"] is None for box in boxes)

@@ -105,7 +105,7 @@ def share_box(settings: dict[str, Any]) -> None:
     with st.popover("Share this demo", icon=":material/share:"):
         st.code(url, language=None, wrap_lines=True)
         st.caption("The link restores this page's settings. It never holds the endpoint, a token or your "
-                   "uploads: the recipient runs on their own backend with their own image.")
+                   "uploads: the recipient runs on their own backend with their own files.")
 
 
 # --------------------------------------------------------------------------- inputs

@@ -88,18 +88,20 @@ def stream(prefix: str, model_id: str, backend: str, threshold: float, options: 
         st.session_state[f"{prefix}_live_since"] = time.monotonic()
     if not playing:
         st.session_state.pop(f"{prefix}_live_since", None)
-        st.caption("Press **Start** and allow the camera. If the browser refused it, allow the camera for this site "
-                   "(the camera icon in the address bar) and press Start again. "
+        st.caption("Press **Start** and allow the camera. If the component then shows *NotAllowedError*, allow the "
+                   "camera for this site (the camera icon in the address bar) and press Start again; "
+                   "*NotFoundError* means no camera is connected (use the Video input instead). "
                    + ("No STUN/TURN server is set: the browser must reach this app directly (one machine, a LAN); "
                       "set INFERENCE_ICE_SERVERS for other networks." if not ice else ""))
-    st.fragment(_readout, run_every=1.0 if playing else None)(prefix, detector, playing, bool(ice))
+    st.fragment(_readout, run_every=1.0 if playing else None)(prefix, backend, detector, playing, bool(ice))
 
 
-def _readout(prefix: str, detector: LiveDetector, playing: bool, has_ice: bool) -> None:
+def _readout(prefix: str, backend: str, detector: LiveDetector, playing: bool, has_ice: bool) -> None:
     """Frames/s and latency of the stream, refreshed every second while it plays."""
     if not playing:
         return
     figures = detector.snapshot()
+    st.caption(f"On the {ui.lower(ui.label(backend))} backend")
     cells = st.columns(4)
     fps = figures["frames_per_second"]
     cells[0].metric("Frames/s", f"{fps:.1f}" if fps is not None else "–")

@@ -321,30 +321,35 @@ def _finished(prefix: str, kept: VideoRun) -> None:
     job = kept.job
     columns = job.columns
     expected = job.expected_frames
-    done = max(len(column.frames) for column in columns.values())
+    counts = sorted({len(column.frames) for column in columns.values() if column.error is None})
+    done = counts[-1] if counts else 0
     info = job.info
     stride = job.options["stride"]
     what = f"{kept.label} · {info.width}×{info.height} · {info.fps:.0f} frames/s" + (
         f" · 1 frame in {stride}" if stride > 1 else "")
+    where = f"at frame {done}" if len(counts) == 1 else f"after {counts[0]}–{counts[-1]} frames (per column below)"
     if job.stopped and expected and done < expected:
         why = "Stopped" if kept.stopped_by_user else \
             "Stopped: nobody watched it (the page was closed)" if job.unwatched else "Stopped when you left the video"
-        st.warning(f"{why} at frame {done} of {expected}: what was done is below. {what}", icon=":material/stop:")
+        st.warning(f"{why} {where} of {expected}: what was done is below. {what}", icon=":material/stop:")
+    elif expected and counts and done < expected - 1:
+        st.warning(f"The clip ended {where} of the {expected} its header announces: the file may be truncated or "
+                   f"damaged. What it had is below. {what}", icon=":material/broken_image:")
     elif done:
-        st.caption(f"{done} frames run. {what}")
+        st.caption(f"{done} frame{'s' if done != 1 else ''} run. {what}")
     record(kept)
     grid = st.columns(len(columns)) if len(columns) > 1 else [st.container()]
     for cell, (name, column) in zip(grid, columns.items(), strict=True):
         with cell:
             if len(columns) > 1:
                 st.subheader(ui.label(name))
-            _column(prefix, column, narrow=len(columns) > 1)
+            _column(prefix, column, f"{Path(kept.label).stem}-detections", narrow=len(columns) > 1)
     _latency_chart(job)
     if job.reference is not None:
         _parity(job)
 
 
-def _column(prefix: str, column: Any, *, narrow: bool) -> None:
+def _column(prefix: str, column: Any, stem: str, *, narrow: bool) -> None:
     if column.error is not None:
         ui.show_error(column.error)
     if not column.frames:
@@ -368,11 +373,11 @@ def _column(prefix: str, column: Any, *, narrow: bool) -> None:
     kind = column.video_path.suffix[1:].upper()
     if column.has_video:
         d1.download_button(kind if narrow else f"Annotated {kind}", _reader(column.video_path),
-                           file_name=f"detections-{column.name}{column.video_path.suffix}",
+                           file_name=f"{stem}-{column.name}{column.video_path.suffix}",
                            mime=f"video/{column.video_path.suffix[1:]}", key=f"{prefix}_vid_{column.name}",
                            icon=":material/download:", help="the clip with boxes, labels and track ids drawn")
     d2.download_button("JSONL" if narrow else "Detections JSONL", _reader(column.lines_path),
-                       file_name=f"detections-{column.name}.jsonl", mime="application/jsonl",
+                       file_name=f"{stem}-{column.name}.jsonl", mime="application/jsonl",
                        key=f"{prefix}_jsonl_{column.name}", icon=":material/data_object:",
                        help="one JSON line per frame: frame, time_s, latency_ms, server_ms and each box's label, "
                             "score, box and track_id (null in the first frame an object is seen)")
@@ -388,7 +393,7 @@ def _latency_chart(job: VideoJob) -> None:
 
     rows = [{"backend": ui.label(name), "frame": frame.index, "latency_ms": frame.latency_ms}
             for name, column in job.columns.items() for frame in column.frames]
-    if not rows:
+    if len({row["frame"] for row in rows}) < 2:
         return
     st.subheader("Latency over the clip")
     chart = alt.Chart(pd.DataFrame(rows)).mark_line(point=len(rows) < 120, interpolate="monotone").encode(
@@ -412,13 +417,14 @@ def _parity(job: VideoJob) -> None:
             st.caption("No frame has been run on both sides.")
             continue
         agree = sum(item.agree for item in frames)
-        cells = st.columns(5)
+        cells = st.columns(3)  # two rows: five metrics side by side would cut their labels in this column
         cells[0].metric("Frames compared", len(frames))
         cells[1].metric("Frames that agree", f"{agree} ({agree / len(frames):.0%})",
                         help="every box matched: same label and IoU ≥ 0.5")
-        cells[2].metric("Matched boxes", sum(item.matched for item in frames))
-        cells[3].metric(f"Only {reference}", sum(item.only_reference for item in frames))
-        cells[4].metric(f"Only {theirs}", sum(item.only_other for item in frames))
+        cells = st.columns(3)
+        cells[0].metric("Matched boxes", sum(item.matched for item in frames))
+        cells[1].metric(f"Only {reference}", sum(item.only_reference for item in frames))
+        cells[2].metric(f"Only {theirs}", sum(item.only_other for item in frames))
         if agree == len(frames):
             st.success(f"Every box of every frame has a match on the other side ({len(frames)} frames).",
                        icon=":material/check_circle:")
@@ -454,7 +460,7 @@ def _settings(options: dict[str, Any]) -> dict[str, Any]:
 def need_clip(clip: Clip) -> None:
     """Said when a run is asked for without a usable clip."""
     if clip.error:
-        other = "Upload a video" if clip.sample else "Or pick the sample clip"
-        st.error(f"Nothing was run: the clip cannot be used (above). {other}.", icon=":material/videocam_off:")
+        other = "Upload a video instead" if clip.sample else "Upload another video or pick the sample clip"
+        st.error(f"Nothing was run: the clip cannot be used (see above). {other}.", icon=":material/videocam_off:")
     else:
         st.warning("Upload a video or pick the sample clip first.", icon=":material/movie:")
