@@ -88,14 +88,14 @@ class VideoReader:
             raise InvalidInput(f"{self.name} is {_size_text(size)}, over the {_size_text(max_bytes)} limit for a "
                                "video: trim it or use a shorter clip")
         if size == 0:
-            raise InvalidInput(f"{self.name} is empty: use an MP4, WebM or MOV video")
+            raise InvalidInput(f"{self.name} is empty: use an MP4, WebM, MOV or MKV video")
         opened = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
         try:
             self._container = av.open(os.fspath(opened) if isinstance(opened, (str, Path)) else opened, mode="r")
         except (av.error.FFmpegError, ValueError, OSError) as exc:
             raise InvalidInput(f"{self.name} is not a video FFmpeg can read, or is damaged or incomplete "
-                               f"({_reason(exc)}): use an MP4, WebM or "
-                               "MOV file") from None
+                               f"({_reason(exc)}): use an MP4, WebM, MOV or "
+                               "MKV file") from None
         try:
             if self._container.format.name in STILL_IMAGE_FORMATS or self._container.format.name.endswith("_pipe"):
                 raise InvalidInput(f"{self.name} is a still image, not a video: detect on it as an image (the Sample, "

@@ -328,12 +328,17 @@ class LiveDetector:
         image = _fit(image, self.max_edge)
         if self._pending is not None and not self._pending.done():
             return image  # the backend is still on an earlier frame
-        self._pending = self._caller.submit(self._detect, image)
+        try:
+            self._pending = self._caller.submit(self._detect, image)
+        except RuntimeError:  # closed (replaced by a detector with other settings): the frame passes
+            return image
         try:
             return self._pending.result(timeout=self.frame_timeout_s)
         except FutureTimeout:
             self._fail(f"the backend took over {self.frame_timeout_s:g} s for one frame: frames pass unannotated "
                        "until it answers")
+            return image
+        except Exception:  # cancelled by close(): the frame passes; the stream must never see an exception
             return image
 
     def _detect(self, image: np.ndarray) -> np.ndarray:

@@ -51,7 +51,7 @@ with left:
     if source == "Video":
         video_params = {**params, **options}
         video.forget_stale(P, video.inputs_key(model_id, mode, clip, video_params))
-        go, share_slot = video.buttons(P)
+        go, stop_slot, share_slot = video.buttons(P)
     elif source == "Live camera":
         backend = live.backend_choice(P, mode)
         go, share_slot = False, st.container()
@@ -75,6 +75,7 @@ with left:
             video.need_clip(clip)
         elif go:
             video.run(P, model_id, mode, clip, video_params)
+        video.stop_button(P, stop_slot)
         video.preview(clip)
 
 with right:

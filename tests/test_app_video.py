@@ -61,7 +61,7 @@ def test_a_file_that_is_no_video_is_an_error_and_nothing_runs():
     at.segmented_control(key="od_clip").set_value("Upload").run()
     at.file_uploader(key="od_video_upload").set_value(("holiday.mp4", b"not a video" * 100, "video/mp4")).run()
     assert any("This video cannot be used: 'holiday.mp4' is not a video FFmpeg can read" in error.value
-               and "MP4, WebM or MOV" in error.value for error in at.error)
+               and "MP4, WebM, MOV or MKV" in error.value for error in at.error)
     click(at, "od_video_go")
     assert any("Nothing was run" in error.value for error in at.error)
     assert at.button(key="od_video_go") and at.slider[0] and at.number_input(key="od_stride")  # every control is there

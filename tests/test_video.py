@@ -102,7 +102,7 @@ def test_a_truncated_clip_gives_what_it_has_or_a_clear_error(clip):
             frames = list(reader.frames())
         assert len(frames) < 30
     except InvalidInput as exc:
-        assert "MP4, WebM or MOV" in str(exc) or "re-encode" in str(exc)
+        assert "MP4, WebM, MOV or MKV" in str(exc) or "re-encode" in str(exc)
 
 
 def test_stopping_mid_clip_closes_the_file(clip):
@@ -320,3 +320,25 @@ def test_untracked_boxes_still_say_track_id_null(clip, demo_dir, session_engine,
     boxes = [box for line in job.columns["local"].lines_path.read_text().splitlines()
              for box in json.loads(line)["detections"]]
     assert boxes and all(box["track_id"] is None for box in boxes)
+
+
+def test_new_live_settings_swap_the_detector_under_a_stream_that_carries_on(demo_dir, session_engine):
+    """The stream's callback stays the same; frames reaching the replaced detector pass, never raise (an exception
+    would end streamlit-webrtc's worker, and the stream with it)."""
+    import av
+
+    from ui.live import LiveStream
+
+    local = load_model(demo_dir["object-detection"], task="object-detection", backend="local", engine=session_engine)
+    live = LiveStream()
+    frame = av.VideoFrame.from_ndarray(_moving_square(0, size=(320, 240)), format="rgb24")
+    assert live.annotate(frame) is frame  # no detector yet: the frame as it came
+    first = LiveDetector(local, threshold=0.3)
+    live.swap(first, ("a",))
+    assert live.annotate(frame).to_ndarray(format="rgb24").shape == (240, 320, 3)
+    live.swap(LiveDetector(local, threshold=0.4), ("b",))
+    image = _moving_square(1, size=(320, 240))
+    assert np.array_equal(first.process(image), image)  # closed: passes, no RuntimeError
+    for index in range(3):
+        live.annotate(av.VideoFrame.from_ndarray(_moving_square(index, size=(320, 240)), format="rgb24"))
+    assert live.detector.snapshot()["frames"] == 3 and live.settings == ("b",)

@@ -358,7 +358,8 @@ def record_row(row: dict[str, Any]) -> None:
 def history() -> None:
     """This session's runs, with a CSV download."""
     rows = st.session_state.get("history", [])
-    with st.expander(f"Run history ({len(rows)})", icon=":material/history:"):
+    # The key keeps it open as its count changes (a run ending while it is open).
+    with st.expander(f"Run history ({len(rows)})", icon=":material/history:", key="run_history_expander"):
         if not rows:
             st.caption("Runs of this session appear here.")
             return

@@ -57,10 +57,8 @@ def stream(prefix: str, model_id: str, backend: str, threshold: float, options: 
         ui.show_error(exc)
         return
     settings = (model_id, backend, threshold, options["track"], options["max_edge"])
-    detector: LiveDetector | None = st.session_state.get(f"{prefix}_live_detector")
-    if detector is None or st.session_state.get(f"{prefix}_live_settings") != settings:
-        if detector is not None:
-            detector.close()
+    live: LiveStream = st.session_state.setdefault(f"{prefix}_live", LiveStream())
+    if live.detector is None or live.settings != settings:
         detector = LiveDetector(model, threshold=threshold, track=options["track"], max_edge=options["max_edge"])
         try:  # before the stream: a first call loads the model where it runs, and would hold up the first frames
             with st.spinner(f"Warming up {model_id} on the {ui.lower(ui.label(backend))} backend…"):
@@ -69,38 +67,62 @@ def stream(prefix: str, model_id: str, backend: str, threshold: float, options: 
             detector.close()
             ui.show_error(exc)
             return
-        st.session_state[f"{prefix}_live_detector"] = detector
-        st.session_state[f"{prefix}_live_settings"] = settings
-
-    def annotate(frame):  # in streamlit-webrtc's thread, one frame at a time; frames that come meanwhile are skipped
-        import av
-
-        return av.VideoFrame.from_ndarray(detector.process(frame.to_ndarray(format="rgb24")), format="rgb24")
+        live.swap(detector, settings)
+    detector = live.detector
 
     ice = [server.browser() for server in state.app_settings().ice_servers]
     context = webrtc_streamer(
-        key=f"{prefix}_live", mode=WebRtcMode.SENDRECV, rtc_configuration={"iceServers": ice},
+        key=f"{prefix}_webrtc", mode=WebRtcMode.SENDRECV, rtc_configuration={"iceServers": ice},
         media_stream_constraints={"video": {"width": {"ideal": 1280}}, "audio": False},
-        video_frame_callback=annotate, async_processing=True,
+        video_frame_callback=live.annotate, async_processing=True,
     )
     playing = context.state.playing
-    if playing and f"{prefix}_live_since" not in st.session_state:
-        st.session_state[f"{prefix}_live_since"] = time.monotonic()
+    if playing and live.since is None:
+        live.since = time.monotonic()
     if not playing:
-        st.session_state.pop(f"{prefix}_live_since", None)
+        live.since = None
         st.caption("Press **Start** and allow the camera. If the component then shows *NotAllowedError*, allow the "
                    "camera for this site (the camera icon in the address bar) and press Start again; "
                    "*NotFoundError* means no camera is connected (use the Video input instead). "
                    + ("No STUN/TURN server is set: the browser must reach this app directly (one machine, a LAN); "
                       "set INFERENCE_ICE_SERVERS for other networks." if not ice else ""))
-    st.fragment(_readout, run_every=1.0 if playing else None)(prefix, backend, detector, playing, bool(ice))
+    st.fragment(_readout, run_every=1.0 if playing else None)(live, backend, playing, bool(ice))
 
 
-def _readout(prefix: str, backend: str, detector: LiveDetector, playing: bool, has_ice: bool) -> None:
+class LiveStream:
+    """What a session's camera stream runs on, kept across reruns: the stream's callback (``annotate``) stays the same
+    object, and new settings swap the detector under it, so the stream carries on through any change."""
+
+    def __init__(self) -> None:
+        self.detector: LiveDetector | None = None
+        self.settings: tuple | None = None
+        #: When the stream started playing (for "no frame has arrived"); reset by new settings.
+        self.since: float | None = None
+
+    def swap(self, detector: LiveDetector, settings: tuple) -> None:
+        old, self.detector, self.settings = self.detector, detector, settings
+        self.since = None if self.since is None else time.monotonic()
+        if old is not None:
+            old.close()  # a frame it is on passes unannotated; the next ones go to the new detector
+
+    def annotate(self, frame):
+        """streamlit-webrtc's callback, in its thread, one frame at a time (frames that come meanwhile are
+        skipped)."""
+        import av
+
+        detector = self.detector
+        if detector is None:
+            return frame
+        return av.VideoFrame.from_ndarray(detector.process(frame.to_ndarray(format="rgb24")), format="rgb24")
+
+
+def _readout(live: LiveStream, backend: str, playing: bool, has_ice: bool) -> None:
     """Frames/s and latency of the stream, refreshed every second while it plays."""
     if not playing:
         return
-    figures = detector.snapshot()
+    if live.detector is None:
+        return
+    figures = live.detector.snapshot()
     st.caption(f"On the {ui.lower(ui.label(backend))} backend")
     cells = st.columns(4)
     fps = figures["frames_per_second"]
@@ -110,7 +132,7 @@ def _readout(prefix: str, backend: str, detector: LiveDetector, playing: bool, h
     cells[3].metric("Frames", f"{figures['frames']:,}")
     if figures["error"]:
         st.error(f"Frames are shown without boxes: {figures['error']}", icon=":material/error:")
-    since = st.session_state.get(f"{prefix}_live_since")
+    since = live.since
     if not figures["frames"] and since is not None and time.monotonic() - since > NO_FRAMES_AFTER_S:
         st.error(f"No frame has arrived in {NO_FRAMES_AFTER_S:.0f} s: the browser and the app cannot reach each "
                  "other. " + ("Check the STUN/TURN servers of INFERENCE_ICE_SERVERS." if has_ice else

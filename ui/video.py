@@ -179,15 +179,19 @@ def running(prefix: str) -> VideoRun | None:
     return kept if kept is not None and not kept.job.done else None
 
 
-def buttons(prefix: str) -> tuple[bool, Any]:
-    """Detect, and Stop while a clip runs; returns (run, slot for the share box)."""
+def buttons(prefix: str) -> tuple[bool, Any, Any]:
+    """Detect; returns (run, slot for ``stop_button``, slot for the share box)."""
     first = st.columns(2, vertical_alignment="bottom")
     go = first[0].button("Detect on video", type="primary", key=f"{prefix}_video_go", icon=":material/play_arrow:",
                          width="stretch")
-    first[1].button("Stop", key=f"{prefix}_video_stop", icon=":material/stop:", width="stretch",
-                    disabled=not (go or running(prefix)), on_click=_stop, args=(prefix,),
-                    help="ends the run after the frame in progress; what was done is kept")
-    return go, st.container()
+    return go, first[1].empty(), st.container()
+
+
+def stop_button(prefix: str, slot: Any) -> None:
+    """Stop, beside Detect: enabled while a clip runs (drawn once this rerun's run, if any, has started)."""
+    slot.button("Stop", key=f"{prefix}_video_stop", icon=":material/stop:", width="stretch",
+                disabled=running(prefix) is None, on_click=_stop, args=(prefix,),
+                help="ends the run after the frame in progress; what was done is kept")
 
 
 def _stop(prefix: str) -> None:
@@ -292,10 +296,14 @@ def _live(prefix: str) -> None:
         figures = {name: (len(column.frames), column.frames_per_second, column.latency_ms(50), column.latency_ms(95),
                           column.latest, column.error) for name, column in job.columns.items()}
     expected = job.expected_frames
-    going = [count for count, *_rest, error in figures.values() if error is None]
+    # The bar follows the slowest column that is past its warm-up; the text says where each one is.
+    going = [count for count, _, _, _, latest, error in figures.values() if error is None and latest is not None]
     done = min(going) if going else 0
-    rates = " · ".join(f"{ui.label(name)} {fps:.1f} frames/s" for name, (_, fps, *_rest) in figures.items()
-                       if fps is not None)
+    rates = " · ".join(
+        f"{ui.label(name)} {fps:.1f} frames/s" if fps is not None else
+        f"{ui.label(name)} warming up" if latest is None and error is None else f"{ui.label(name)} failed"
+        for name, (_, fps, _, _, latest, error) in figures.items()) if len(figures) > 1 else \
+        " · ".join(f"{fps:.1f} frames/s" for _, fps, *_rest in figures.values() if fps is not None)
     stopping = " · stopping after the frame in progress…" if job.stopped else ""
     st.progress(min(done / expected, 1.0) if expected else 0.0,
                 text=f"Frame {done}{f' of {expected}' if expected else ''}" + (f" · {rates}" if rates else "")
@@ -327,7 +335,8 @@ def _finished(prefix: str, kept: VideoRun) -> None:
     stride = job.options["stride"]
     what = f"{kept.label} · {info.width}×{info.height} · {info.fps:.0f} frames/s" + (
         f" · 1 frame in {stride}" if stride > 1 else "")
-    where = f"at frame {done}" if len(counts) == 1 else f"after {counts[0]}–{counts[-1]} frames (per column below)"
+    where = f"at frame {done}" if len(counts) == 1 else "at " + " and ".join(
+        f"{len(column.frames)} ({ui.label(name)})" for name, column in columns.items() if column.error is None)
     if job.stopped and expected and done < expected:
         why = "Stopped" if kept.stopped_by_user else \
             "Stopped: nobody watched it (the page was closed)" if job.unwatched else "Stopped when you left the video"
@@ -448,6 +457,9 @@ def record(kept: VideoRun) -> None:
         fps = column.frames_per_second
         output = f"error: {column.error}" if column.error is not None else \
             f"{len(column.frames)} frames, {fps or 0:.1f} frames/s"
+        expected = kept.job.expected_frames
+        if kept.job.stopped and column.error is None and expected and len(column.frames) < expected:
+            output += f" (stopped at {len(column.frames)} of {expected})"
         ui.record_row({"page": "object detection (video)", "backend": name, "mode": kept.mode,
                        "model": kept.model_id, "task": TASK, "prompt": kept.label, "output": output,
                        "total_ms": column.latency_ms(50), **_settings(kept.job.options)})
