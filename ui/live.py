@@ -68,7 +68,6 @@ def stream(prefix: str, model_id: str, backend: str, threshold: float, options: 
             ui.show_error(exc)
             return
         live.swap(detector, settings)
-    detector = live.detector
 
     ice = [server.browser() for server in state.app_settings().ice_servers]
     context = webrtc_streamer(
