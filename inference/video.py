@@ -146,10 +146,9 @@ class VideoReader:
                                        "a shorter clip")
                 if index % stride:
                     continue
-                if max_edge and max(frame.width, frame.height) > max_edge:
-                    scale = max_edge / max(frame.width, frame.height)
-                    frame = frame.reformat(width=max(2, round(frame.width * scale)),
-                                           height=max(2, round(frame.height * scale)))
+                fitted = fitted_size(frame.width, frame.height, max_edge)
+                if fitted is not None:
+                    frame = frame.reformat(width=fitted[0], height=fitted[1])
                 yield Frame(index, time_s, frame.to_ndarray(format="rgb24"))
         except av.error.FFmpegError as exc:
             raise InvalidInput(f"{self.name} cannot be decoded ({_reason(exc)}): re-encode it as H.264 MP4 or VP9 "
@@ -263,6 +262,15 @@ def _size(source: Any) -> int | None:
             raise InvalidInput(f"{_name(source)} cannot be read: check the path") from None
     size = getattr(source, "size", None)
     return size if isinstance(size, int) else None
+
+
+def fitted_size(width: int, height: int, max_edge: int | None) -> tuple[int, int] | None:
+    """(width, height) scaled down to ``max_edge`` pixels on the long side (2 at least each way), or None when the
+    frame fits already."""
+    if not max_edge or max(width, height) <= max_edge:
+        return None
+    scale = max_edge / max(width, height)
+    return max(2, round(width * scale)), max(2, round(height * scale))
 
 
 def _size_text(size: int) -> str:

@@ -33,7 +33,7 @@ from .annotate import annotate_detections, detections_to_list, labels_for
 from .compare import detection_parity
 from .errors import InferenceError
 from .types import DetectionResult
-from .video import VideoInfo, VideoReader, VideoWriter
+from .video import Frame, VideoInfo, VideoReader, VideoWriter, fitted_size
 
 __all__ = ["FrameParity", "FrameStat", "LiveDetector", "VideoColumn", "VideoJob"]
 
@@ -107,9 +107,9 @@ class VideoColumn:
 class VideoJob:
     """Detection (and tracking) on ``clip`` with every model of ``models`` at once, each in its own thread.
 
-    The clip is checked when the job is made (``InvalidInput`` for a file that is no video, over the size or length
-    limits of the first model's settings, ...); a model's failure mid-clip is its column's ``error`` and spares the
-    others.
+    The clip is checked when the job is made, its first frame decoded (``InvalidInput`` for a file that is no video,
+    over the size or length limits of the first model's settings, ...); a model's failure mid-clip is its column's
+    ``error`` and spares the others.
 
     Args:
         models: column name → a detection ``Model`` (local, remote or a named endpoint).
@@ -134,6 +134,9 @@ class VideoJob:
         with VideoReader(self.clip, max_bytes=settings.max_video_bytes, max_seconds=settings.max_video_seconds,
                          max_pixels=settings.max_image_pixels) as reader:
             self.info: VideoInfo = reader.info
+            frames = reader.frames(max_edge=max_edge)
+            with contextlib.closing(frames):
+                self._first: Frame = next(frames)  # every column's warm-up call
         self.reference = reference if reference in self.models and len(self.models) > 1 else None
         directory = Path(directory)
         self.columns = {name: VideoColumn(name, directory / f"{_file_name(name)}{suffix}",
@@ -230,14 +233,8 @@ class VideoJob:
     def _warm_up(self, column: VideoColumn, model: Any) -> None:
         """One call on the clip's first frame before the clip: it loads the model where it runs (a remote server
         loads on its first request), so that a model's load is not counted in its frames/s and latency."""
-        with VideoReader(self.clip, max_bytes=model.settings.max_video_bytes,
-                         max_seconds=model.settings.max_video_seconds,
-                         max_pixels=model.settings.max_image_pixels) as reader:
-            frames = reader.frames(max_edge=self.options["max_edge"])
-            with contextlib.closing(frames):
-                first = next(frames)
         started = time.perf_counter()
-        model(first.image, threshold=self.options["threshold"])
+        model(self._first.image, threshold=self.options["threshold"])
         column.warmup_ms = (time.perf_counter() - started) * 1000
 
     def _match(self, name: str, index: int, result: DetectionResult) -> None:
@@ -385,11 +382,9 @@ class LiveDetector:
 
 def _fit(image: np.ndarray, max_edge: int | None) -> np.ndarray:
     """``image`` scaled down to ``max_edge`` pixels on its long side (as ``VideoReader.frames`` does)."""
-    height, width = image.shape[:2]
-    if not max_edge or max(width, height) <= max_edge:
+    size = fitted_size(image.shape[1], image.shape[0], max_edge)
+    if size is None:
         return image
     from PIL import Image
 
-    scale = max_edge / max(width, height)
-    size = (max(2, round(width * scale)), max(2, round(height * scale)))
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))

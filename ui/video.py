@@ -257,8 +257,7 @@ def run(prefix: str, model_id: str, mode: str, clip: Clip, params: dict[str, Any
             shutil.rmtree(folder, ignore_errors=True)
     st.session_state[f"{prefix}_video_errors"] = errors
     for name, error in errors.items():
-        ui.record_row({"page": "object detection (video)", "backend": name, "mode": mode, "model": model_id,
-                       "task": TASK, "prompt": clip.label, "output": f"error: {error}", **_settings(params)})
+        _history_row(name, mode, model_id, clip.label, f"error: {error}", params)
     if sidebar.targets(mode) != ("local",):
         sidebar.count_remote_run()
     if job is not None:
@@ -460,13 +459,18 @@ def record(kept: VideoRun) -> None:
         expected = kept.job.expected_frames
         if kept.job.stopped and column.error is None and expected and len(column.frames) < expected:
             output += f" (stopped at {len(column.frames)} of {expected})"
-        ui.record_row({"page": "object detection (video)", "backend": name, "mode": kept.mode,
-                       "model": kept.model_id, "task": TASK, "prompt": kept.label, "output": output,
-                       "total_ms": column.latency_ms(50), **_settings(kept.job.options)})
+        _history_row(name, kept.mode, kept.model_id, kept.label, output, kept.job.options,
+                     total_ms=column.latency_ms(50))
 
 
-def _settings(options: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in options.items() if value is not None}
+def _history_row(backend: str, mode: str, model_id: str, clip: str | None, output: str, options: dict[str, Any],
+                 total_ms: float | None = None) -> None:
+    """A video run's row in the session's history: one per column, its settings the run's options."""
+    row = {"page": "object detection (video)", "backend": backend, "mode": mode, "model": model_id, "task": TASK,
+           "prompt": clip, "output": output}
+    if total_ms is not None:
+        row["total_ms"] = total_ms
+    ui.record_row({**row, **{key: value for key, value in options.items() if value is not None}})
 
 
 def need_clip(clip: Clip) -> None:
